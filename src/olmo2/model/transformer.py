@@ -1,0 +1,227 @@
+"""The OLMo 2 transformer (spec §1), small enough to hold in your head.
+
+    h   = x + RMSNorm(Attn(x))          # reordered norm: the sublayer *output* is normalised
+    out = h + RMSNorm(MLP(h))
+    Attn: q = RMSNorm(W_q x), k = RMSNorm(W_k x) over the full projections, then rotate-half RoPE (fp32)
+    MLP:  W_down(silu(W_gate h) * W_up h)
+
+Parameter names follow Hugging Face's ``Olmo2ForCausalLM`` exactly, so a state dict of this model is
+a state dict of that one: the project's model checkpoint is an HF directory (see ``model/checkpoint.py``).
+The model knows nothing of data, distribution or checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from olmo2.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learnable weight and no bias, computed in fp32 (as HF does), then cast back."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotate-half RoPE; the cos/sin table is fp32 and the rotation is computed in fp32."""
+
+    def __init__(self, head_dim: int, theta: float, max_seq_len: int):
+        super().__init__()
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+        self._build(max_seq_len)
+
+    def _build(self, length: int, device: torch.device | None = None) -> None:
+        device = device or self.cos.device
+        if device.type == "meta":
+            self.cos = torch.empty(length, self.head_dim, device=device)
+            self.sin = torch.empty(length, self.head_dim, device=device)
+            return
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float, device=device) / self.head_dim))
+        freqs = torch.outer(torch.arange(length, dtype=torch.float, device=device), inv_freq)
+        angles = torch.cat((freqs, freqs), dim=-1)
+        self.cos, self.sin = angles.cos(), angles.sin()
+
+    def tables(self, positions: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for ``positions`` ([T] or [B, T], all < ``length``), shaped to broadcast over
+        [B, heads, T, head_dim]. The table grows on demand and stays fp32 even if the model is cast."""
+        if length > self.cos.shape[0] or self.cos.device != positions.device or self.cos.dtype != torch.float:
+            self._build(max(length, self.cos.shape[0]), positions.device)
+        cos, sin = self.cos[positions], self.sin[positions]
+        if positions.dim() == 2:  # per-row positions (left-padded batches)
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return cos, sin
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Preallocated keys/values for incremental decoding: one [B, n_kv, max_len, head_dim] pair per layer."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
+        shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.length = 0  # tokens already stored
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.max_len}")
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def reorder(self, keep: torch.Tensor) -> None:
+        """Keep only batch rows ``keep`` (finished sequences are dropped during generation)."""
+        self.keys = [k[keep] for k in self.keys]
+        self.values = [v[keep] for v in self.values]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        # QK-norm over the full projections, not per head (spec §1.3).
+        self.q_norm = RMSNorm(cfg.n_heads * cfg.head_dim, cfg.norm_eps)
+        self.k_norm = RMSNorm(cfg.n_kv_heads * cfg.head_dim, cfg.norm_eps)
+
+    def forward(self, x, cos, sin, mask: torch.Tensor | None = None, cache: KVCache | None = None):
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x)).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x)).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        if self.n_kv_heads != self.n_heads:
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = Attention(cfg, layer_idx)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        self.post_feedforward_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+    def forward(self, x, cos, sin, mask=None, cache=None):
+        h = x + self.post_attention_layernorm(self.self_attn(x, cos, sin, mask, cache))
+        return h + self.post_feedforward_layernorm(self.mlp(h))
+
+
+class Backbone(nn.Module):
+    """Embedding, blocks and final norm (HF's ``Olmo2Model``)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.embedding_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+class Olmo2(nn.Module):
+    """OLMo 2 causal LM. ``forward(input_ids) -> logits`` of shape [B, T, embedding_size]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.embedding_size, bias=False)  # untied
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.max_seq_len)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Final-norm hidden states [B, T, d_model].
+
+        ``positions``: [T] or [B, T] (default 0..T-1, after what ``cache`` holds). ``mask``: boolean
+        [B, 1, T, T_total] with True where attention is allowed; None means plain causal attention.
+        """
+        T = input_ids.shape[1]
+        start = cache.length if cache is not None else 0
+        if positions is None:
+            positions = torch.arange(start, start + T, device=input_ids.device)
+        if cache is not None and mask is None and start > 0:
+            raise ValueError("decoding with a non-empty KV cache needs an explicit attention mask")
+        cos, sin = self.rotary.tables(positions, start + T)
+        x = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length += T
+        return self.model.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(input_ids, **kwargs))
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Truncated normal (std ``init_std``, cut at ±3σ) for every matrix; norm weights 1 (spec §1.7)."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, std=std, a=-3 * std, b=3 * std, generator=generator)
+            elif isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+        self.rotary._build(self.rotary.cos.shape[0], self.lm_head.weight.device)
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = None) -> Olmo2:
+    """A freshly initialised model; on the meta device it allocates nothing (for counting, sharding)."""
+    device = torch.device(device)
+    with device:
+        model = Olmo2(cfg)
+    if device.type != "meta":
+        gen = torch.Generator(device=device)
+        gen.manual_seed(0 if seed is None else seed)
+        model.init_weights(gen)
+    return model
+
+
+def count_params(cfg: ModelConfig) -> dict[str, int]:
+    """Parameter counts computed on the meta device. Non-embedding excludes the embedding and LM head."""
+    model = build_model(cfg, "meta")
+    total = sum(p.numel() for p in model.parameters())
+    embed = model.model.embed_tokens.weight.numel() + model.lm_head.weight.numel()
+    return {"total_params": total, "non_embedding_params": total - embed, "embedding_params": embed}
