@@ -35,7 +35,15 @@ class ModelConfig:
             self.n_kv_heads = self.n_heads
         if self.embedding_size is None:
             self.embedding_size = -(-self.vocab_size // 128) * 128
-        for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "vocab_size", "max_seq_len"):
+        for name in (
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "mlp_hidden",
+            "vocab_size",
+            "max_seq_len",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
@@ -43,9 +51,20 @@ class ModelConfig:
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads ({self.n_kv_heads}) does not divide n_heads ({self.n_heads})")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim (d_model/n_heads = {self.head_dim}) must be even for rotary embeddings")
+            raise ValueError(
+                f"head_dim (d_model/n_heads = {self.head_dim}) must be even for rotary embeddings"
+            )
+        for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+            token = getattr(self, name)
+            if token is not None and not 0 <= token < self.vocab_size:
+                raise ValueError(
+                    f"{name} ({token}) is outside the vocabulary (size {self.vocab_size}); "
+                    f"set it to your tokenizer's id or null"
+                )
         if self.embedding_size < self.vocab_size:
-            raise ValueError(f"embedding_size ({self.embedding_size}) is smaller than vocab_size ({self.vocab_size})")
+            raise ValueError(
+                f"embedding_size ({self.embedding_size}) is smaller than vocab_size ({self.vocab_size})"
+            )
 
     @property
     def head_dim(self) -> int:

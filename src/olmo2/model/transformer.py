@@ -47,7 +47,10 @@ class RotaryEmbedding(nn.Module):
             self.cos = torch.empty(length, self.head_dim, device=device)
             self.sin = torch.empty(length, self.head_dim, device=device)
             return
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float, device=device) / self.head_dim))
+        inv_freq = 1.0 / (
+            self.theta
+            ** (torch.arange(0, self.head_dim, 2, dtype=torch.float, device=device) / self.head_dim)
+        )
         freqs = torch.outer(torch.arange(length, dtype=torch.float, device=device), inv_freq)
         angles = torch.cat((freqs, freqs), dim=-1)
         self.cos, self.sin = angles.cos(), angles.sin()

