@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# Tests use tiny models: one thread each avoids OpenMP spin-waiting, which makes small ops 100x
+# slower when the machine's two cores are busy. Subprocesses (torchrun, CLI runs) inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # (name, HF Olmo2Config kwargs): MHA, GQA, and odd sizes (head_dim 16, vocab not a multiple of 128).
 HF_SHAPES = {

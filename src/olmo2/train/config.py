@@ -1,0 +1,137 @@
+"""The one typed config of ``olmo2 train``: model, data, optimizer, schedule, trainer, checkpoints.
+
+Loaded from YAML with ``key.sub=value`` overrides and validated before any work starts. ``model`` may
+be a preset name (``model: 1b``); it is expanded to the preset's fields first, so
+``model.n_layers=2`` overrides work on presets too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from olmo2.config import ConfigError, apply_overrides, from_dict, to_dict
+from olmo2.model.config import ModelConfig, preset
+from olmo2.train.optim import OptimConfig
+from olmo2.train.schedule import ScheduleConfig
+
+
+@dataclass
+class DataConfig:
+    mix: str  # path to a mix YAML (configs/data/...)
+    seq_len: int = 4096
+    global_batch_size: int = 1024  # instances per optimizer step, over all ranks
+    micro_batch_size: int = 2  # instances per forward/backward on one rank
+    seed: int = 6198  # data-order seed (spec §3.1); stage-2 soup ingredients differ only here
+    variables: dict[str, str] = field(default_factory=dict)  # ${VAR} values for the mix's paths
+    filter_repeats: bool = True  # loss-mask instances with >= 32 repeats of a 1-13 token period (§3.4)
+    validation: list[str] = field(default_factory=list)  # held-out token files (paths or globs)
+    validation_max_instances: int | None = 64
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "global_batch_size", "micro_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class SpikeConfig:
+    """Spike detection (spec §3.4): value > rolling mean + ``sigmas``·std of the last ``window`` values."""
+
+    window: int = 128
+    sigmas: float = 6.0
+    min_count: int = 64  # values needed before detection starts
+    skip_spikes: bool = False  # skip the update on a spike, as OLMo 2 32B's SkipStepAdamW does
+    max_consecutive_skips: int = 3  # then stop cleanly, keeping the last good checkpoint
+
+
+@dataclass
+class TrainerConfig:
+    save_folder: str
+    max_steps: int | None = None
+    max_tokens: float | None = None  # alternative to max_steps: rounded up to whole steps
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where it is faster
+    device: str = "auto"  # auto: cuda if available, else cpu
+    parallel: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"  # auto: fsdp if several ranks
+    hsdp_replicas: int | None = None  # hsdp: number of replica groups (default: one per node)
+    activation_checkpointing: bool = False
+    compile: bool = False
+    z_loss_multiplier: float = 1e-5  # paper Tab 1 / 32B (spec §12.1 lists the 1e-4 alternative)
+    loss_chunk_size: int = 1024
+    log_every: int = 1
+    eval_every: int = 0  # steps between held-out evaluations (0: only at the end, if validation set)
+    init_seed: int = 0  # model initialisation seed
+    spikes: SpikeConfig = field(default_factory=SpikeConfig)
+    gc_every: int = 100  # explicit Python GC every N steps on all ranks together (spec §9.1)
+
+    def __post_init__(self) -> None:
+        if (self.max_steps is None) == (self.max_tokens is None):
+            raise ValueError("set exactly one of trainer.max_steps and trainer.max_tokens")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+
+
+@dataclass
+class CheckpointConfig:
+    save_every: int = 1000  # steps; the final step is always saved
+    keep_last: int = 3  # complete checkpoints kept (older ones deleted); 0 keeps all
+    export_hf: bool = True  # also write model/ (an HF directory) inside each checkpoint
+
+
+@dataclass
+class InitConfig:
+    """Start from existing weights (stage 2 anneals start from the stage-1 checkpoint)."""
+
+    checkpoint: str | None = None  # a training checkpoint step<N>/ or any model (HF) directory
+    load_optimizer: bool = True  # restore AdamW moments too, when the checkpoint has them (spec §5)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig
+    data: DataConfig
+    trainer: TrainerConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
+            )
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read YAML, expand a preset name under ``model``, apply overrides, validate."""
+    data: dict[str, Any] = {}
+    where = f"{path}: " if path else ""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    model_override = [o for o in overrides or [] if o.startswith("model=")]
+    if model_override:
+        data["model"] = model_override[-1].split("=", 1)[1]
+    if isinstance(data.get("model"), str):
+        try:
+            data["model"] = to_dict(preset(data["model"]))
+        except ValueError as e:
+            raise ConfigError(f"{where}model: {e}") from None
+    try:
+        apply_overrides(data, [o for o in overrides or [] if not o.startswith("model=")])
+        return from_dict(TrainConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
+
+
+def save_train_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

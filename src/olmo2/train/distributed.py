@@ -1,0 +1,112 @@
+"""Distribution on PyTorch's own engine: torchrun environment, FSDP2 / HSDP / DDP, AC and compile.
+
+The model stays unaware of all this; the trainer calls ``parallelize`` once and then only uses
+collectives through the helpers here, which are no-ops in a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_process_group: bool = False  # created by init_distributed, so train() tears it down
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Join the process group that ``torchrun`` describes (NCCL on CUDA, Gloo on CPU), if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    created = world_size > 1 and not dist.is_initialized()
+    if created:
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistEnv(rank, world_size, local_rank, dev, owns_process_group=created)
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+    return obj
+
+
+def resolve_parallel(parallel: str, world_size: int) -> str:
+    if parallel == "auto":
+        return "fsdp" if world_size > 1 else "none"
+    if parallel != "none" and world_size == 1:
+        return "none"  # a single process has nothing to shard or replicate
+    return parallel
+
+
+def parallelize(
+    model: nn.Module,
+    env: DistEnv,
+    parallel: str,
+    *,
+    param_dtype: torch.dtype | None = None,
+    hsdp_replicas: int | None = None,
+) -> nn.Module:
+    """Shard (FSDP2 ``fully_shard`` per block, then the root) or replicate (DDP) the model."""
+    parallel = resolve_parallel(parallel, env.world_size)
+    if parallel == "none":
+        return model
+    if parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if parallel == "hsdp":
+        replicas = hsdp_replicas or max(1, env.world_size // max(1, torch.cuda.device_count()))
+        if env.world_size % replicas:
+            raise ValueError(f"hsdp_replicas ({replicas}) does not divide the world size ({env.world_size})")
+        mesh = init_device_mesh(
+            env.device.type, (replicas, env.world_size // replicas), mesh_dim_names=("replicate", "shard")
+        )
+    else:
+        mesh = init_device_mesh(env.device.type, (env.world_size,))
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The ``Olmo2`` inside a DDP wrapper (FSDP2 shards in place and needs no unwrapping)."""
+    return getattr(model, "module", model)

@@ -1,0 +1,129 @@
+"""What a run reports: ``metrics.jsonl``, a console line per log step, spikes, throughput and MFU."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import torch
+
+from olmo2.model.config import ModelConfig
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``, one object per optimizer step.
+
+    On resume, records past the checkpoint's step (written by the killed run after its last
+    checkpoint) are dropped, so the file always reads as one uninterrupted run.
+    """
+
+    def __init__(self, path: Path, resume_step: int = 0):
+        self.path = path
+        if path.exists():
+            keep = [
+                line
+                for line in path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= resume_step
+            ]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            tmp.replace(path)
+        self._file = open(path, "a")  # noqa: SIM115 (kept open for the run)
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics here; is {run_dir} a training run folder?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class SpikeDetector:
+    """Flags a value above the rolling mean + ``sigmas``·std of the previous ``window`` values."""
+
+    def __init__(self, window: int = 128, sigmas: float = 6.0, min_count: int = 64):
+        self.values: deque[float] = deque(maxlen=window)
+        self.sigmas, self.min_count = sigmas, min_count
+
+    def check(self, value: float) -> bool:
+        spike = False
+        if len(self.values) >= self.min_count:
+            n = len(self.values)
+            mean = sum(self.values) / n
+            std = math.sqrt(sum((v - mean) ** 2 for v in self.values) / n)
+            spike = value > mean + self.sigmas * std
+        if math.isfinite(value):
+            self.values.append(value)
+        return spike
+
+    def state_dict(self) -> list[float]:
+        return list(self.values)
+
+    def load_state_dict(self, values: list[float]) -> None:
+        self.values.clear()
+        self.values.extend(values)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6·(matmul params) + attention scores/values (PaLM's convention).
+
+    The input embedding is a lookup, not a matmul, so it is left out; the LM head is in.
+    """
+    d, L, f, kv = cfg.d_model, cfg.n_layers, cfg.mlp_hidden, cfg.n_kv_heads * cfg.head_dim
+    matmul_params = L * (2 * d * d + 2 * d * kv + 3 * d * f) + d * cfg.embedding_size
+    return 6.0 * matmul_params + 12.0 * L * d * seq_len
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 2) -> float:
+    """Achievable dense matmul FLOP/s on ``device`` in ``dtype`` (the MFU denominator), measured."""
+    n = 8192 if device.type == "cuda" else size
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def console_line(record: dict, total_steps: int, eta_seconds: float) -> str:
+    parts = [
+        f"step {record['step']}/{total_steps}",
+        f"loss {record['loss']:.4f}",
+        f"z {record['z_loss']:.2e}",
+        f"gnorm {record['grad_norm']:.3f}",
+        f"lr {record['lr']:.2e}",
+        f"{record['tokens_per_sec']:,.0f} tok/s",
+        f"mfu {100 * record['mfu']:.1f}%",
+        f"eta {format_duration(eta_seconds)}",
+    ]
+    if record.get("skipped"):
+        parts.append("SKIPPED")
+    return " | ".join(parts)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,192 @@
+"""The training loop on CPU: accumulation invariance, checkpoints, exact resume, stability."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from olmo2.cli import main
+from olmo2.model.checkpoint import load_model, read_state_dict
+from olmo2.train.config import load_train_config
+from olmo2.train.trainer import TrainingHalted, train
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_logs_saves_and_learns(make_train_config, tmp_path):
+    cfg = load_train_config(make_train_config(), ["trainer.max_steps=12", "trainer.eval_every=6"])
+    summary = train(cfg)
+    run = tmp_path / "run"
+    records = _metrics(run)
+    assert [r["step"] for r in records] == list(range(1, 13))
+    for key in ("loss", "z_loss", "grad_norm", "lr", "tokens_per_sec", "mfu", "batch_hash"):
+        assert key in records[0]
+    assert records[-1]["loss"] < records[0]["loss"] - 0.5
+    assert "val_loss" in records[5] and "val_loss" in records[11]
+    assert sorted(p.name for p in run.glob("step*")) == ["step12", "step8"]  # keep_last 2
+    assert (run / "step12" / "COMPLETE").is_file() and (run / "config.yaml").is_file()
+    assert summary["step"] == 12
+    # The checkpoint's model part is an HF-loadable model directory.
+    assert load_model(run / "step12").config.d_model == 64
+
+
+def test_accumulation_does_not_change_loss_or_weights(make_train_config, tmp_path):
+    runs = {}
+    for micro in (8, 2):
+        cfg = load_train_config(
+            make_train_config(),
+            [
+                f"data.micro_batch_size={micro}",
+                f"trainer.save_folder={tmp_path}/mb{micro}",
+                "trainer.max_steps=3",
+            ],
+        )
+        train(cfg)
+        runs[micro] = (_metrics(tmp_path / f"mb{micro}"), read_state_dict(tmp_path / f"mb{micro}/step3"))
+    (m8, w8), (m2, w2) = runs[8], runs[2]
+    for a, b in zip(m8, m2, strict=True):
+        assert a["batch_hash"] == b["batch_hash"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    for key in w8:
+        torch.testing.assert_close(w8[key], w2[key], rtol=1e-4, atol=2e-5)  # 3 AdamW steps of lr 3e-3
+
+
+def _olmo2(*args, **kwargs):
+    cmd = [sys.executable, "-m", "olmo2.cli", *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def test_sigkill_then_rerun_reproduces_the_uninterrupted_run(make_train_config, tmp_path):
+    config = make_train_config(checkpoint={"save_every": 2, "keep_last": 0})
+    steps = ["trainer.max_steps=10"]
+    ref = _olmo2("train", config, *steps, "trainer.save_folder=" + str(tmp_path / "ref"))
+    assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
+
+    run = tmp_path / "killed"
+    proc = _olmo2("train", config, *steps, f"trainer.save_folder={run}")
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill mid-run, after the step-4 checkpoint began
+        if (run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    assert done < 10, "the run finished before it could be killed"
+    again = _olmo2("train", config, *steps, f"trainer.save_folder={run}")
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err.decode()
+    assert "resumed from" in err.decode()
+    a, b = _metrics(tmp_path / "ref"), _metrics(run)
+    assert [(r["step"], r["loss"], r["batch_hash"]) for r in a] == [
+        (r["step"], r["loss"], r["batch_hash"]) for r in b
+    ]
+    wa, wb = read_state_dict(tmp_path / "ref/step10"), read_state_dict(run / "step10")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not list(run.glob(".step*.tmp"))
+
+
+def test_non_finite_steps_are_skipped_then_the_run_halts(make_train_config, tmp_path, monkeypatch):
+    cfg = load_train_config(make_train_config(), ["trainer.max_steps=12", "checkpoint.save_every=3"])
+    import olmo2.train.trainer as trainer_mod
+
+    real_step = trainer_mod.train_step
+
+    def poisoned(model, *args, **kwargs):
+        if poisoned.calls >= 4:  # from step 5 on, the weights are NaN
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        poisoned.calls += 1
+        return real_step(model, *args, **kwargs)
+
+    poisoned.calls = 0
+    monkeypatch.setattr(trainer_mod, "train_step", poisoned)
+    with pytest.raises(
+        TrainingHalted, match="stopped at step 7: 3 consecutive steps had a non-finite"
+    ) as err:
+        train(cfg)
+    assert "run/step3." in str(err.value) and "Rerun the same command" in str(err.value)
+    records = _metrics(tmp_path / "run")
+    assert [r["skipped"] for r in records] == [False] * 4 + [True] * 3
+    weights = read_state_dict(tmp_path / "run/step3")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_stage2_init_from_stage1_checkpoint(make_train_config, tmp_path):
+    train(load_train_config(make_train_config(), ["trainer.max_steps=4"]))
+    stage1 = tmp_path / "run" / "step4"
+    anneal = [
+        "trainer.max_steps=4",
+        "schedule.name=linear",
+        "schedule.warmup_steps=0",
+        "schedule.alpha_f=0.0",
+        "data.seed=42",
+    ]
+    for name, source in (("from_train", stage1), ("from_hf", stage1 / "model")):
+        overrides = [f"init.checkpoint={source}", f"trainer.save_folder={tmp_path}/{name}", *anneal]
+        train(load_train_config(make_train_config(), overrides))
+    a, b = _metrics(tmp_path / "from_train"), _metrics(tmp_path / "from_hf")
+    assert a[-1]["lr"] == 0.0 and a[0]["lr"] == pytest.approx(3e-3 * 0.75)
+    # Step 1's loss is computed before any update: it depends only on the loaded weights.
+    assert a[0]["loss"] == b[0]["loss"]
+    assert a[0]["loss"] < _metrics(tmp_path / "run")[0]["loss"] - 0.1
+    # The AdamW moments came along from the training checkpoint only, so the runs then differ.
+    assert a[1]["loss"] != b[1]["loss"]
+
+
+def test_bad_config_fails_before_work(make_train_config, capsys):
+    path = make_train_config()
+    assert main(["train", str(path), "optim.lrr=1"]) == 2
+    assert "unknown key optim.lrr (did you mean optim.lr" in capsys.readouterr().err
+    assert main(["train", str(path), "data.mix=/nope.yaml"]) == 2
+    assert "/nope.yaml" in capsys.readouterr().err
+
+
+def test_plot_writes_png(make_train_config, tmp_path, capsys):
+    train(load_train_config(make_train_config(), ["trainer.max_steps=3"]))
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "training.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_match_one(make_train_config, tmp_path, parallel):
+    config = make_train_config()
+    single = tmp_path / "single"
+    train(load_train_config(config, [f"trainer.save_folder={single}", "trainer.max_steps=4"]))
+    multi = tmp_path / parallel
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        "-m",
+        "olmo2.cli",
+        "train",
+        str(config),
+        f"trainer.save_folder={multi}",
+        "trainer.max_steps=4",
+        f"trainer.parallel={parallel}",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for a, b in zip(_metrics(single), _metrics(multi), strict=True):
+        assert a["batch_hash"] == b["batch_hash"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    wa, wb = read_state_dict(single / "step4"), read_state_dict(multi / "step4")
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=2e-5)  # 4 AdamW steps of lr 3e-3
