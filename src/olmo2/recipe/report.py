@@ -1,0 +1,175 @@
+"""The recipe report: ``report.md`` plus PNG plots, redrawn from run folders and eval results.
+
+It answers the paper's question for this run, with the measured numbers whatever they are: did the
+anneals improve the held-out metrics over stage 1, and did the soup improve over the anneals?
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from olmo2.train.monitor import read_metrics
+
+
+def _flops(run_dir: str | None) -> float:
+    if not run_dir:
+        return 0.0
+    from olmo2.recipe.flops import run_flops
+
+    return run_flops(run_dir).flops
+
+
+def _plot_losses(out: Path, stage1: dict, anneals: list[dict], seeds: list[int]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    offset = 0
+    if stage1.get("run_dir"):
+        rec = read_metrics(stage1["run_dir"])
+        ax.plot([r["tokens"] for r in rec], [r["loss"] for r in rec], lw=1, color="black", label="stage 1")
+        offset = rec[-1]["tokens"]
+    for seed, run in zip(seeds, anneals, strict=True):
+        rec = read_metrics(run["run_dir"])
+        ax.plot(
+            [offset + r["tokens"] for r in rec], [r["loss"] for r in rec], lw=1, label=f"anneal seed {seed}"
+        )
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("training loss (CE per token)")
+    ax.set_title("Stage 1 and the stage-2 anneals (different data mixes: compare within a curve)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "loss_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _metric_rows(evals: dict[str, dict]) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """Metric names and {checkpoint: {metric: value}}: held-out BPB (lower is better), task scores."""
+    rows: dict[str, dict[str, float]] = {}
+    names: list[str] = []
+    for ckpt, result in evals.items():
+        row = {}
+        for set_name, m in result.get("heldout", {}).items():
+            row[f"bpb/{set_name}"] = m["bits_per_byte"]
+        for task, value in result.get("tasks", {}).get("summary", {}).items():
+            row[f"task/{task}"] = value
+        rows[ckpt] = row
+        names += [k for k in row if k not in names]
+    return names, rows
+
+
+def _plot_metrics(out: Path, names: list[str], rows: dict[str, dict[str, float]]) -> Path | None:
+    if not names:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names) + 1, 3.2), squeeze=False)
+    colors = {"stage1": "#495057", "soup": "#2b8a3e"}
+    for ax, name in zip(axes[0], names, strict=True):
+        ckpts = [c for c in rows if name in rows[c]]
+        values = [rows[c][name] for c in ckpts]
+        ax.bar(range(len(ckpts)), values, color=[colors.get(c, "#4dabf7") for c in ckpts])
+        ax.set_xticks(range(len(ckpts)), [c.replace("anneal-", "") for c in ckpts], rotation=45, fontsize=7)
+        lo, hi = min(values), max(values)
+        pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 0.01
+        ax.set_ylim(lo - pad, hi + pad)
+        better = "lower" if name.startswith("bpb/") else "higher"
+        ax.set_title(f"{name}\n({better} is better)", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = out / "eval_metrics.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _verdict(names: list[str], rows: dict[str, dict[str, float]]) -> list[str]:
+    """Plain sentences comparing stage 1, the mean anneal and the soup on each metric."""
+    lines = []
+    anneal_names = [c for c in rows if c.startswith("anneal")]
+    for name in names:
+        lower_better = name.startswith("bpb/")
+        s1 = rows.get("stage1", {}).get(name)
+        anneal_vals = [rows[c][name] for c in anneal_names if name in rows[c]]
+        if s1 is None or not anneal_vals:
+            continue
+        mean = statistics.mean(anneal_vals)
+        better = mean < s1 if lower_better else mean > s1
+        text = f"- **{name}**: stage 1 {s1:.4f} → anneals (mean of {len(anneal_vals)}) {mean:.4f}: "
+        text += "improved" if better else "not improved"
+        soup = rows.get("soup", {}).get(name)
+        if soup is not None:
+            best = min(anneal_vals) if lower_better else max(anneal_vals)
+            soup_better = soup < best if lower_better else soup > best
+            text += f"; soup {soup:.4f}: {'better' if soup_better else 'not better'} than the best anneal ({best:.4f})"
+        lines.append(text + ".")
+    return lines
+
+
+def write_report(cfg, out: Path, stage1: dict, anneals: list[dict], soup: dict | None, evals: dict) -> dict:
+    seeds = list(cfg.anneal.seeds)
+    s1_flops = _flops(stage1.get("run_dir"))
+    anneal_flops = [_flops(a["run_dir"]) for a in anneals]
+    flops = {"stage1": s1_flops}
+    flops.update({f"anneal-seed{s}": s1_flops + f for s, f in zip(seeds, anneal_flops, strict=True)})
+    if soup is not None:
+        flops["soup"] = s1_flops + sum(anneal_flops)  # every ingredient counts (spec §8)
+    names, rows = _metric_rows(evals)
+    plots = [_plot_losses(out, stage1, anneals, seeds), _plot_metrics(out, names, rows)]
+
+    lines = [f"# Recipe report: {cfg.name}", ""]
+    lines += ["## Did annealing and souping help?", ""]
+    lines += _verdict(names, rows) or ["- no held-out metrics were configured."]
+    lines += ["", "## Held-out metrics", "", "| checkpoint | " + " | ".join(names) + " | FLOPs |"]
+    lines.append("|---" * (len(names) + 2) + "|")
+    for ckpt, row in rows.items():
+        cells = [f"{row[n]:.4f}" if n in row else "" for n in names]
+        lines.append(f"| {ckpt} | " + " | ".join(cells) + f" | {flops.get(ckpt, 0):.3g} |")
+    lines += [
+        "",
+        "BPB = bits per UTF-8 byte (lower is better); task scores are each task's primary metric.",
+        "",
+    ]
+    lines += ["## Training compute (6·N·D)", ""]
+    lines.append(
+        f"- stage 1: {s1_flops:.3g} FLOPs"
+        + ("" if stage1.get("run_dir") else " (imported checkpoint: not counted)")
+    )
+    for s, f in zip(seeds, anneal_flops, strict=True):
+        lines.append(f"- anneal seed {s}: {f:.3g} FLOPs")
+    lines.append(f"- total, every stage and every anneal: {s1_flops + sum(anneal_flops):.3g} FLOPs")
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p is not None]
+    lines += ["", "## Steps", ""]
+    for step in sorted(p.stem for p in (out / ".done").glob("*.json")):
+        info = json.loads((out / ".done" / f"{step}.json").read_text())
+        lines.append(
+            f"- {step}: {info.get('seconds', 0):.0f} s"
+            + (f", {info['checkpoint']}" if "checkpoint" in info else "")
+        )
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+    task_names = [n for n in names if n.startswith("task/")]
+    points = [
+        {
+            "name": f"{cfg.name}/{ckpt}",
+            "flops": flops[ckpt],
+            "score": statistics.mean(row[n] for n in task_names),
+            "score_name": "mean task score (" + ", ".join(t[5:] for t in task_names) + ")",
+        }
+        for ckpt, row in rows.items()
+        if task_names and all(n in row for n in task_names) and flops.get(ckpt)
+    ]
+    (out / "report.json").write_text(json.dumps(points, indent=2) + "\n")
+    summary = {"report": str(out / "report.md"), "metrics": rows, "flops": flops}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,264 @@
+"""``olmo2 recipe RECIPE.yaml``: the OLMo 2 curriculum as one resumable pipeline (spec §5).
+
+    stage 1 ─▶ anneal × seeds (LR linear to 0 from the hand-off LR) ─▶ soup ─▶ eval of each ─▶ report
+
+Every step writes a marker (``OUT/.done/<step>.json``) when it completes and is skipped when its
+marker exists; a step killed half-way is simply run again, and training steps resume from their own
+latest checkpoint, so an interrupted recipe redoes only what was unfinished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from olmo2.config import ConfigError, load_config
+from olmo2.train.checkpoint import latest_checkpoint, read_train_state
+from olmo2.train.monitor import log
+
+
+@dataclass
+class StageOneConfig:
+    config: str | None = None  # training config for stage 1
+    overrides: list[str] = field(default_factory=list)
+    checkpoint: str | None = None  # or skip stage 1: an existing checkpoint (training step dir or HF dir)
+    lr: float | None = None  # the stage-1 LR at the hand-off, for an imported checkpoint
+
+    def __post_init__(self) -> None:
+        if (self.config is None) == (self.checkpoint is None):
+            raise ValueError("stage1: give exactly one of config (train it) and checkpoint (start from it)")
+
+
+@dataclass
+class AnnealConfig:
+    config: str  # training config for stage 2 (the recipe sets init.checkpoint, data.seed, optim.lr)
+    seeds: list[int] = field(default_factory=lambda: [42, 42069, 666])  # the 7B's (spec §5)
+    overrides: list[str] = field(default_factory=list)
+    lr: float | None = None  # None: the stage-1 LR at the hand-off, read from its checkpoint
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"anneal.seeds must be distinct and non-empty, got {self.seeds}")
+
+
+@dataclass
+class RecipeEvalConfig:
+    tasks: str = ""  # an `olmo2 eval` task spec (empty: none)
+    limit: int | None = None
+    heldout: dict[str, list[str]] = field(default_factory=dict)  # name -> validation token files
+    heldout_max_instances: int | None = 256
+    seq_len: int = 512
+    batch_size: int = 8
+
+
+@dataclass
+class RecipeConfig:
+    name: str
+    out: str
+    stage1: StageOneConfig
+    anneal: AnnealConfig
+    soup: bool = True
+    soup_weights: list[float] | None = None
+    eval: RecipeEvalConfig = field(default_factory=RecipeEvalConfig)
+    demo_corpus: bool = False  # build the built-in demo corpus and expose it as ${OLMO2_DEMO_DATA}
+    variables: dict[str, str] = field(default_factory=dict)  # data.variables for every training run
+
+
+class Recipe:
+    """Runs (or resumes) a recipe; ``run()`` returns the report's summary."""
+
+    def __init__(self, cfg: RecipeConfig, overrides: list[str] | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.done_dir = self.out / ".done"
+        self.variables = dict(cfg.variables)
+        self.train_overrides = list(overrides or [])
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _done(self, step: str) -> dict | None:
+        path = self.done_dir / f"{step}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def _mark(self, step: str, info: dict) -> dict:
+        self.done_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.done_dir / f".{step}.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        tmp.replace(self.done_dir / f"{step}.json")
+        return info
+
+    def _step(self, step: str, fn) -> dict:
+        done = self._done(step)
+        if done is not None:
+            log(f"recipe: {step}: done already, skipped")
+            return done
+        log(f"recipe: {step}: running")
+        start = time.perf_counter()
+        info = fn()
+        info["seconds"] = round(time.perf_counter() - start, 1)
+        return self._mark(step, info)
+
+    def _train(self, config: str, save_folder: Path, extra: list[str]) -> dict:
+        from olmo2.train.config import load_train_config
+        from olmo2.train.trainer import train
+
+        variables = [f"data.variables.{k}={v}" for k, v in self.variables.items()]
+        overrides = [*variables, *extra, *self.train_overrides, f"trainer.save_folder={save_folder}"]
+        summary = train(load_train_config(config, overrides))
+        final = latest_checkpoint(save_folder)
+        return {"checkpoint": str(final), "run_dir": str(save_folder), **summary}
+
+    # -- the steps -----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        if self.cfg.demo_corpus:
+            from olmo2.data.demo_corpus import build_demo_corpus
+
+            self.variables.setdefault("OLMO2_DEMO_DATA", str(build_demo_corpus()))
+
+    def stage1(self) -> dict:
+        s1 = self.cfg.stage1
+        if s1.checkpoint is not None:
+            return self._step("stage1", lambda: {"checkpoint": s1.checkpoint, "run_dir": None, "lr": s1.lr})
+        return self._step("stage1", lambda: self._train(s1.config, self.out / "stage1", list(s1.overrides)))
+
+    def handoff_lr(self, stage1: dict) -> float:
+        if self.cfg.anneal.lr is not None:
+            return self.cfg.anneal.lr
+        state = Path(stage1["checkpoint"]) / "state.json"
+        if state.is_file():
+            return float(read_train_state(state.parent)["lr"])
+        if stage1.get("lr") is not None:
+            return float(stage1["lr"])
+        raise ConfigError(
+            f"{stage1['checkpoint']} has no training state to read the hand-off LR from; "
+            "set anneal.lr (or stage1.lr) to the stage-1 LR at that checkpoint"
+        )
+
+    def anneals(self, stage1: dict) -> list[dict]:
+        lr = self.handoff_lr(stage1)
+        runs = []
+        for seed in self.cfg.anneal.seeds:
+            extra = [
+                *self.cfg.anneal.overrides,
+                f"init.checkpoint={stage1['checkpoint']}",
+                f"data.seed={seed}",
+                f"optim.lr={lr}",
+            ]
+            folder = self.out / f"anneal-seed{seed}"
+            runs.append(
+                self._step(
+                    f"anneal-seed{seed}", lambda f=folder, e=extra: self._train(self.cfg.anneal.config, f, e)
+                )
+            )
+        return runs
+
+    def soup(self, anneals: list[dict]) -> dict | None:
+        if not self.cfg.soup or len(anneals) < 2:
+            return None
+        from olmo2.recipe.soup import soup_checkpoints
+
+        def run() -> dict:
+            out = self.out / "soup"
+            if out.exists():  # a partial soup from a killed run: the writer is atomic, but be safe
+                import shutil
+
+                shutil.rmtree(out)
+            soup_checkpoints([a["checkpoint"] for a in anneals], out, self.cfg.soup_weights)
+            return {"checkpoint": str(out)}
+
+        return self._step("soup", run)
+
+    def evaluate(self, name: str, checkpoint: str) -> dict:
+        def run() -> dict:
+            results: dict = {"checkpoint": checkpoint}
+            if self.cfg.eval.heldout:
+                results["heldout"] = heldout_bpb(checkpoint, self.cfg.eval, self.variables)
+            if self.cfg.eval.tasks:
+                from olmo2.eval.runner import run_eval
+
+                out = self.out / "eval" / f"{name}.json"
+                tasks = run_eval(
+                    checkpoint, self.cfg.eval.tasks, limit=self.cfg.eval.limit, out=out, quiet=True
+                )
+                results["tasks"] = {k: v for k, v in tasks.items() if k != "settings"}
+            return results
+
+        return self._step(f"eval-{name}", run)
+
+    def run(self) -> dict:
+        from olmo2.recipe.report import write_report
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        s1 = self.stage1()
+        anneals = self.anneals(s1)
+        soup = self.soup(anneals)
+        checkpoints = {"stage1": s1["checkpoint"]}
+        checkpoints.update(
+            {
+                f"anneal-seed{seed}": a["checkpoint"]
+                for seed, a in zip(self.cfg.anneal.seeds, anneals, strict=True)
+            }
+        )
+        if soup is not None:
+            checkpoints["soup"] = soup["checkpoint"]
+        evals = {name: self.evaluate(name, ckpt) for name, ckpt in checkpoints.items()}
+        return write_report(self.cfg, self.out, s1, anneals, soup, evals)
+
+
+def heldout_bpb(checkpoint: str, cfg: RecipeEvalConfig, variables: dict[str, str]) -> dict[str, dict]:
+    """Held-out CE per token and bits per UTF-8 byte on each named set of validation token files."""
+    import torch
+
+    from olmo2.data.loader import ValidationLoader
+    from olmo2.model.checkpoint import load_model
+    from olmo2.tokenizer import load_tokenizer
+    from olmo2.train.loss import IGNORE_INDEX, shift_labels
+
+    model = load_model(checkpoint)
+    tokenizer = load_tokenizer()
+    byte_len = _token_byte_lengths(tokenizer, model.config.embedding_size)
+    results = {}
+    for name, paths in cfg.heldout.items():
+        loader = ValidationLoader(
+            paths, cfg.seq_len, cfg.batch_size, max_instances=cfg.heldout_max_instances, variables=variables
+        )
+        nats = tokens = n_bytes = 0.0
+        with torch.no_grad():
+            for batch in loader:
+                ids = batch["input_ids"]
+                labels = shift_labels(ids)
+                out = model(ids, labels=labels, z_loss_multiplier=0.0, loss_normalizer=1.0)
+                valid = labels != IGNORE_INDEX
+                nats += out.ce_loss.item()
+                tokens += valid.sum().item()
+                n_bytes += byte_len[labels[valid]].sum().item()
+        results[name] = {
+            "ce_per_token": nats / tokens,
+            "bits_per_byte": nats / math.log(2) / n_bytes,
+            "tokens": int(tokens),
+            "bytes": int(n_bytes),
+        }
+    return results
+
+
+def _token_byte_lengths(tokenizer, size: int):
+    """UTF-8 bytes each token id stands for. dolma2 is byte-level BPE: one vocabulary character per
+    byte; special tokens (EOS) stand for no text and count 0 bytes."""
+    import torch
+
+    lengths = torch.zeros(size, dtype=torch.float64)
+    special = {i for i, t in tokenizer.backend.get_added_tokens_decoder().items() if t.special}
+    added = tokenizer.backend.get_added_tokens_decoder()
+    for i in range(min(size, tokenizer.vocab_size)):
+        if i in special:
+            continue
+        token = tokenizer.id_to_token(i)
+        lengths[i] = len(added[i].content.encode("utf-8")) if i in added else len(token)
+    return lengths
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
+    return load_config(RecipeConfig, path, overrides)

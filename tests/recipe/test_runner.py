@@ -1,0 +1,90 @@
+"""The recipe pipeline on a tiny setup: every step, resume after a kill, and the report."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from olmo2.model.checkpoint import read_state_dict
+from olmo2.recipe.runner import Recipe, load_recipe
+
+
+def _recipe(tmp_path: Path, train_config, seeds=(1, 2)) -> Path:
+    stage1 = train_config(trainer={"max_steps": 6, "save_folder": "unused"})
+    stage1["checkpoint"] = {"save_every": 2, "keep_last": 1}
+    (tmp_path / "stage1.yaml").write_text(yaml.safe_dump(stage1))
+    stage2 = train_config(trainer={"max_steps": 4, "save_folder": "unused"})
+    stage2["schedule"] = {"name": "linear", "warmup_steps": 0, "alpha_f": 0.0}
+    stage2["checkpoint"] = {"save_every": 1, "keep_last": 1}
+    (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(stage2))
+    recipe = {
+        "name": "tiny",
+        "out": str(tmp_path / "recipe"),
+        "stage1": {"config": str(tmp_path / "stage1.yaml")},
+        "anneal": {"config": str(tmp_path / "stage2.yaml"), "seeds": list(seeds)},
+        "eval": {
+            "heldout": {"val": [str(tmp_path / "data/val/*.npy")]},
+            "seq_len": 32,
+            "heldout_max_instances": 8,
+        },
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return tmp_path / "recipe.yaml"
+
+
+def test_recipe_runs_every_step_and_reports(tmp_path, monkeypatch, train_config_dict):
+    monkeypatch.setattr("olmo2.recipe.runner._token_byte_lengths", lambda tok, size: torch.full((size,), 2.0))
+    summary = Recipe(load_recipe(_recipe(tmp_path, train_config_dict))).run()
+    out = tmp_path / "recipe"
+    assert sorted(p.stem for p in (out / ".done").glob("*.json")) == [
+        "anneal-seed1",
+        "anneal-seed2",
+        "eval-anneal-seed1",
+        "eval-anneal-seed2",
+        "eval-soup",
+        "eval-stage1",
+        "soup",
+        "stage1",
+    ]
+    # Anneals start from stage 1 at its final LR and decay to 0.
+    stage1_last = json.loads((out / "stage1/metrics.jsonl").read_text().splitlines()[-1])
+    anneal = [json.loads(x) for x in (out / "anneal-seed1/metrics.jsonl").read_text().splitlines()]
+    assert anneal[0]["lr"] == pytest.approx(stage1_last["lr"] * 0.75) and anneal[-1]["lr"] == 0.0
+    # The soup is the mean of the two anneals.
+    a, b = (read_state_dict(out / f"anneal-seed{s}/step4") for s in (1, 2))
+    soup = read_state_dict(out / "soup")
+    key = "model.layers.0.mlp.up_proj.weight"
+    torch.testing.assert_close(soup[key], (a[key] + b[key]) / 2)
+    report = (out / "report.md").read_text()
+    assert "Did annealing and souping help?" in report and "bpb/val" in report
+    assert (out / "loss_curves.png").is_file() and (out / "eval_metrics.png").is_file()
+    assert summary["flops"]["soup"] > summary["flops"]["anneal-seed1"] > summary["flops"]["stage1"] > 0
+
+
+def test_killed_recipe_reruns_only_unfinished_steps(tmp_path, train_config_dict):
+    recipe = _recipe(tmp_path, train_config_dict, seeds=(1, 2))
+    out = tmp_path / "recipe"
+    cmd = [sys.executable, "-m", "olmo2.cli", "recipe", str(recipe)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    marker = out / "anneal-seed2" / "metrics.jsonl"
+    while time.time() < deadline and not (marker.is_file() and marker.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.stem: p.stat().st_mtime_ns for p in (out / ".done").glob("*.json")}
+    assert "anneal-seed1" in done_before and "anneal-seed2" not in done_before
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stage1: done already, skipped" in result.stderr
+    assert "anneal-seed1: done already, skipped" in result.stderr
+    assert "resumed from" in result.stderr  # anneal-seed2 continued from its own checkpoint
+    for step, mtime in done_before.items():
+        assert (out / ".done" / f"{step}.json").stat().st_mtime_ns == mtime, step
+    assert (out / "report.md").is_file()
