@@ -11,7 +11,10 @@ SCRIPT = Path(__file__).parents[2] / "benchmarks" / "gpu" / "run.py"
 def test_gpu_script_smoke(tmp_path):
     out = tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], capture_output=True, text=True, timeout=600
+        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())

@@ -1,0 +1,306 @@
+"""Verifiable rewards for RLVR (spec §6.4): GSM8K numbers, MATH ``\\boxed{}`` answers, IFEval-style constraints.
+
+Each check is a small pure function of the response text, so a reward can be recomputed and audited
+offline. ``verifiable_reward`` is the RLVR reward: 10 when the answer verifies, else 0, and (optional)
+a fixed penalty, −10 in the 7B/13B PPO runs, replacing it when the response never produced EOS.
+
+The checks are deliberately light, not a computer-algebra system: MATH answers are compared as
+normalised strings, or as numbers when both sides parse as one (integers, decimals, ``\\frac{a}{b}``,
+``a/b``), so ``0.5`` equals ``\\frac{1}{2}`` but ``\\sqrt{2}/2`` does not equal ``\\frac{\\sqrt2}{2}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+__all__ = [
+    "CONSTRAINTS",
+    "NO_EOS_PENALTY",
+    "VERIFIED_REWARD",
+    "VERIFIERS",
+    "check_ground_truth",
+    "check_ifeval",
+    "extract_gsm8k_answer",
+    "extract_math_answer",
+    "last_boxed",
+    "math_equal",
+    "normalize_math",
+    "normalize_number",
+    "verifiable_reward",
+    "verify",
+    "verify_gsm8k",
+    "verify_math",
+]
+
+VERIFIED_REWARD = 10.0
+NO_EOS_PENALTY = -10.0
+
+# ------------------------------------------------------------------------------------ GSM8K
+
+_NUMBER = re.compile(r"[-+]?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\$?\.\d+")
+_HASHES = re.compile(r"####\s*(.+)")
+_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*(.+)", re.IGNORECASE)
+
+
+def normalize_number(text: str) -> str | None:
+    """Canonical form of the first number in ``text`` ("$1,000.00" -> "1000", "-.50" -> "-0.5"), or None."""
+    m = _NUMBER.search(text)
+    if m is None:
+        return None
+    s = re.sub(r"[\s$,+]", "", m.group(0))
+    try:
+        d = Decimal(s).normalize()
+    except InvalidOperation:
+        return None
+    out = format(d, "f")
+    return "0" if out in ("-0", "0") else out
+
+
+def extract_gsm8k_answer(text: str) -> str | None:
+    """The final number: after the last ``####``, else after the last "answer is", else the last number."""
+    for pattern in (_HASHES, _ANSWER_IS):
+        hits = pattern.findall(text)
+        if hits and (n := normalize_number(hits[-1])) is not None:
+            return n
+    numbers = _NUMBER.findall(text)
+    return normalize_number(numbers[-1]) if numbers else None
+
+
+def verify_gsm8k(response: str, ground_truth: str | int | float) -> bool:
+    """``ground_truth`` may be the bare number or a full GSM8K solution ending in ``#### N``."""
+    gt = extract_gsm8k_answer(str(ground_truth))
+    return gt is not None and extract_gsm8k_answer(response) == gt
+
+
+# ------------------------------------------------------------------------------------- MATH
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (balanced braces), or ``\\boxed 5``; else None."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = start + (6 if text.startswith("\\boxed", start) else 5)
+    if text.startswith(" ", i):  # "\boxed 5": up to the next space or $
+        m = re.match(r"\s+([^\s$]+)", text[i:])
+        return m.group(1) if m else None
+    if not text.startswith("{", i):
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1 : j]
+    return None  # unbalanced
+
+
+_FINAL_ANSWER = re.compile(r"final answer is\s*\$?(.+?)\$?(?:\.\s*I hope|\s*$)", re.IGNORECASE | re.S)
+
+
+def extract_math_answer(text: str) -> str | None:
+    """The last ``\\boxed{}`` answer, else Minerva's "The final answer is X", else None."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    m = _FINAL_ANSWER.search(text)
+    return m.group(1).strip() if m else None
+
+
+_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
+_DROP = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\$", "$", "^{\\circ}", "^\\circ", "\\%", "%")
+
+
+def normalize_math(answer: str) -> str:
+    """Light normalisation: spacing, ``\\left``/``\\right``, ``\\dfrac``, degrees, ``\\text{}``, ``x =``."""
+    s = _TEXT.sub(r"\1", answer.strip())
+    for tok in _DROP:
+        s = s.replace(tok, "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
+    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
+    s = re.sub(r"\s+", "", s).rstrip(".")
+    s = re.sub(r"^[a-zA-Z]=", "", s)  # "x=5" -> "5"
+    s = re.sub(r"(?<![\d}])\.(\d)", r"0.\1", s)  # ".5" -> "0.5"
+    return s
+
+
+def _as_number(s: str) -> float | None:
+    s = s.replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s) else s
+    m = re.fullmatch(r"(-?)\\frac\{(-?[\d.]+)\}\{(-?[\d.]+)\}", s) or re.fullmatch(
+        r"(-?)(-?[\d.]+)/(-?[\d.]+)", s
+    )
+    try:
+        if m:
+            value = float(m.group(2)) / float(m.group(3))
+            return -value if m.group(1) else value
+        return float(s) if re.fullmatch(r"-?\d+(\.\d+)?", s) else None
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def math_equal(a: str, b: str) -> bool:
+    """Equal after ``normalize_math``, or numerically equal (rel. 1e-9) when both parse as numbers."""
+    na, nb = normalize_math(a), normalize_math(b)
+    if na == nb:
+        return True
+    x, y = _as_number(na), _as_number(nb)
+    return x is not None and y is not None and math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def verify_math(response: str, ground_truth: str) -> bool:
+    """``ground_truth`` may be the bare answer or a solution containing ``\\boxed{}``."""
+    pred = extract_math_answer(response)
+    gt = last_boxed(str(ground_truth))
+    return pred is not None and math_equal(pred, str(ground_truth) if gt is None else gt)
+
+
+# ----------------------------------------------------------------------------------- IFEval
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _paragraphs(text: str, n: int) -> bool:
+    """IFEval: paragraphs separated by the markdown divider ``* * *``, none empty."""
+    parts = re.split(r"\s?\*\s?\*\s?\*\s?", text.strip())
+    return len(parts) == n and all(p.strip() for p in parts)
+
+
+def _bullets(text: str, n: int) -> bool:
+    """Markdown bullets: lines starting with ``* `` or ``- ``."""
+    return len(re.findall(r"^\s*(?:\*[^*]|-).*$", text, flags=re.M)) == n
+
+
+def _json(text: str) -> bool:
+    s = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip(), flags=re.I)
+    try:
+        json.loads(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _word_count(text: str, n: int, quantifier: str = "at least") -> bool:
+    if quantifier == "at least":
+        return _words(text) >= n
+    if quantifier == "at most":
+        return _words(text) <= n
+    if quantifier == "around":
+        return abs(_words(text) - n) <= max(round(0.1 * n), 1)
+    raise ValueError(f"unknown word-count quantifier {quantifier!r}")
+
+
+# name -> (check(text, **args), argument names)
+CONSTRAINTS: dict[str, tuple[Callable[..., bool], tuple[str, ...]]] = {
+    "min_words": (lambda t, n: _words(t) >= n, ("n",)),
+    "max_words": (lambda t, n: _words(t) <= n, ("n",)),
+    "keywords": (lambda t, keywords: all(k.lower() in t.lower() for k in keywords), ("keywords",)),
+    "forbidden_words": (
+        lambda t, words: not any(re.search(rf"\b{re.escape(w)}\b", t, re.I) for w in words),
+        ("words",),
+    ),
+    "lowercase": (lambda t: t == t.lower(), ()),
+    "paragraphs": (_paragraphs, ("n",)),
+    "bullets": (_bullets, ("n",)),
+    "ends_with": (lambda t, phrase: t.strip().lower().endswith(phrase.strip().lower()), ("phrase",)),
+    "json": (_json, ()),
+}
+
+# open-instruct's IFEval-constraint ground truths ({"func_name": ..., args}) that map onto ours.
+_OI_FUNCS = {
+    "verify_keywords": ("keywords", {"keyword_list": "keywords"}),
+    "validate_forbidden_words": ("forbidden_words", {"forbidden_words": "words"}),
+    "validate_lowercase": ("lowercase", {}),
+    "verify_paragraph_count": ("paragraphs", {"N": "n"}),
+    "verify_bullet_points": ("bullets", {"N": "n"}),
+    "validate_end": ("ends_with", {"end_phrase": "phrase"}),
+    "validate_json_format": ("json", {}),
+}
+
+
+def _constraints(ground_truth: Any) -> list[tuple[Callable[..., bool], dict[str, Any]]]:
+    """Parse an IFEval ground truth into checks; raises ValueError when it cannot be verified."""
+    gt = json.loads(ground_truth) if isinstance(ground_truth, str) else ground_truth
+    items = gt if isinstance(gt, list) else [gt]
+    out = []
+    for c in items:
+        if not isinstance(c, dict):
+            raise ValueError(f"an IFEval constraint must be an object, got {c!r}")
+        if "func_name" in c:  # open-instruct style
+            name = c["func_name"]
+            if name == "validate_word_constraint":
+                out.append((_word_count, {"n": c["N"], "quantifier": c["quantifier"]}))
+                continue
+            if name not in _OI_FUNCS:
+                raise ValueError(f"unsupported IFEval constraint {name!r}")
+            kind, rename = _OI_FUNCS[name]
+            args = {ours: c[theirs] for theirs, ours in rename.items()}
+        else:
+            kind, args = c.get("type"), {k: v for k, v in c.items() if k != "type"}
+        if kind not in CONSTRAINTS:
+            raise ValueError(f"unknown IFEval constraint type {kind!r} (known: {sorted(CONSTRAINTS)})")
+        fn, names = CONSTRAINTS[kind]
+        if set(args) != set(names):
+            raise ValueError(f"constraint {kind!r} takes {names}, got {sorted(args)}")
+        out.append((fn, args))
+    if not out:
+        raise ValueError("no IFEval constraint given")
+    return out
+
+
+def check_ifeval(response: str, ground_truth: Any) -> bool:
+    """All constraints hold. ``ground_truth``: a constraint, a list of them, or their JSON, each either
+    ``{"type": "min_words", "n": 50}`` (see ``CONSTRAINTS``) or open-instruct's ``{"func_name": ...}``."""
+    return all(fn(response, **args) for fn, args in _constraints(ground_truth))
+
+
+# ------------------------------------------------------------------------------------ reward
+
+VERIFIERS: dict[str, Callable[[str, Any], bool]] = {
+    "gsm8k": verify_gsm8k,
+    "math": verify_math,
+    "ifeval": check_ifeval,
+}
+
+
+def check_ground_truth(verifier: str, ground_truth: Any) -> None:
+    """Raise ValueError if ``ground_truth`` can never verify (checked at load time, not mid-rollout)."""
+    verifier = verifier.lower()
+    if verifier == "ifeval":
+        _constraints(ground_truth)
+    elif verifier == "gsm8k" and extract_gsm8k_answer(str(ground_truth)) is None:
+        raise ValueError(f"GSM8K ground truth {ground_truth!r} has no number")
+    elif verifier == "math" and not str(ground_truth).strip():
+        raise ValueError("empty MATH ground truth")
+
+
+def verify(verifier: str, response: str, ground_truth: Any) -> bool:
+    """Whether ``response`` (decoded text, EOS excluded) is correct under the named verifier."""
+    try:
+        fn = VERIFIERS[verifier.lower()]
+    except KeyError:
+        raise ValueError(f"unknown verifier {verifier!r}; known: {sorted(VERIFIERS)}") from None
+    return bool(fn(response, ground_truth))
+
+
+def verifiable_reward(
+    verifier: str,
+    response: str,
+    ground_truth: Any,
+    *,
+    finished: bool = True,
+    reward: float = VERIFIED_REWARD,
+    no_eos_penalty: float | None = None,
+) -> float:
+    """``reward`` if verified, else 0; ``no_eos_penalty`` (e.g. ``NO_EOS_PENALTY``) replaces the score of a
+    response that did not end with EOS (``finished=False``), as open-instruct's ``non_stop_penalty``."""
+    if not finished and no_eos_penalty is not None:
+        return float(no_eos_penalty)
+    return float(reward) if verify(verifier, response, ground_truth) else 0.0
