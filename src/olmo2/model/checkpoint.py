@@ -12,6 +12,7 @@ Writes go to a temporary directory that is renamed into place, so a checkpoint i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -154,7 +155,7 @@ def read_config(path: str | Path) -> ModelConfig:
     return config_from_hf(hf, str(source))
 
 
-def _weight_files(model_dir: Path) -> list[Path]:
+def weight_files(model_dir: Path) -> list[Path]:
     if (model_dir / WEIGHTS_NAME).is_file():
         return [model_dir / WEIGHTS_NAME]
     for index_name in (INDEX_NAME, "pytorch_model.bin.index.json"):
@@ -169,7 +170,7 @@ def _weight_files(model_dir: Path) -> list[Path]:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint, as stored (safetensors, or ``.bin`` with ``weights_only=True``)."""
     state: dict[str, torch.Tensor] = {}
-    for file in _weight_files(resolve_model_dir(path)):
+    for file in weight_files(resolve_model_dir(path)):
         if not file.is_file():
             raise CheckpointError(f"{file}: listed in the index but missing")
         if file.suffix == ".safetensors":
@@ -244,6 +245,22 @@ def write_generation_config(cfg: ModelConfig, out_dir: Path) -> None:
     (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
 
 
+@contextlib.contextmanager
+def atomic_directory(out_dir: Path):
+    """A temporary directory beside ``out_dir``, renamed to it on success and removed on any failure,
+    so ``out_dir`` is either absent (or empty) or complete."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_state_dict(
     state: dict[str, torch.Tensor],
     cfg: ModelConfig,
@@ -256,9 +273,7 @@ def save_state_dict(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise CheckpointError(f"{out_dir}: already exists and is not empty; choose a new output directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         dtype = next(iter(state.values())).dtype
         (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype), indent=2) + "\n")
@@ -277,12 +292,6 @@ def save_state_dict(
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -26,9 +26,7 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,10 +43,11 @@ from olmo2.model.checkpoint import (
     INDEX_NAME,
     WEIGHTS_NAME,
     CheckpointError,
-    _weight_files,
+    atomic_directory,
     check_state_dict,
     read_config,
     resolve_model_dir,
+    weight_files,
     write_generation_config,
 )
 from olmo2.model.config import ModelConfig
@@ -109,7 +108,7 @@ def _sha256(path: Path) -> str:
 def _open_input(path: str | Path, stack: contextlib.ExitStack) -> _Input:
     model_dir = resolve_model_dir(path)
     inp = _Input(str(path), model_dir, read_config(model_dir), _sha256(model_dir / "config.json"))
-    for i, file in enumerate(_weight_files(model_dir)):
+    for i, file in enumerate(weight_files(model_dir)):
         if file.suffix != ".safetensors":
             raise CheckpointError(
                 f"{path}: {file.name} is not safetensors; import it first with `olmo2 convert from-hf`"
@@ -211,9 +210,7 @@ def soup_checkpoints(
         order = [k for k in build_model(first.cfg, "meta").state_dict() if k in first.tensors]
         shards = _plan_shards(first, order, max_shard_bytes)
 
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-        try:
+        with atomic_directory(out_dir) as tmp:
             weight_map, total_size = {}, 0
             for i, names in enumerate(shards, 1):
                 shard = {}
@@ -229,12 +226,6 @@ def soup_checkpoints(
                 (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
             _copy_side_files(first, tmp)
             (tmp / "soup.json").write_text(json.dumps(_provenance(opened, raw, first), indent=2) + "\n")
-            if out_dir.exists():
-                out_dir.rmdir()
-            os.replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return out_dir
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 
-from olmo2.config import ConfigError, apply_overrides, from_dict, to_dict
+from olmo2.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
 from olmo2.model.config import ModelConfig, preset
 from olmo2.train.optim import OptimConfig
 from olmo2.train.schedule import ScheduleConfig
@@ -108,16 +108,8 @@ class TrainConfig:
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read YAML, expand a preset name under ``model``, apply overrides, validate."""
-    data: dict[str, Any] = {}
+    data = read_yaml(path)
     where = f"{path}: " if path else ""
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
     model_override = [o for o in overrides or [] if o.startswith("model=")]
     if model_override:
         data["model"] = model_override[-1].split("=", 1)[1]
