@@ -151,6 +151,12 @@ def cmd_plot(args) -> None:
         print(f"wrote {path}")
 
 
+def cmd_eval(args) -> None:
+    from olmo2.eval.runner import eval_from_args
+
+    eval_from_args(args)
+
+
 def cmd_soup(args) -> None:
     from olmo2.recipe.soup import parse_weights, soup_checkpoints
 
@@ -353,6 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     plot_p.add_argument("run_dir", help="run folder (holds metrics.jsonl)")
     plot_p.add_argument("--out", default=None, help="output PNG (default: RUN_DIR/training.png)")
     plot_p.set_defaults(func=cmd_plot)
+
+    eval_p = commands.add_parser(
+        "eval",
+        help="OLMES-style evaluation (RC/MC/BPB/generative) of our or any HF causal-LM checkpoint",
+        description="Score MODEL on TASKS (task:format names or suites such as olmes_core; --list shows "
+        "them), print a table and optionally write JSON with per-task metrics, counts and settings.",
+    )
+    from olmo2.eval.runner import add_eval_arguments
+
+    add_eval_arguments(eval_p)
+    eval_p.set_defaults(func=cmd_eval)
 
     soup_p = commands.add_parser(
         "soup",

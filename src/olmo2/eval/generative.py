@@ -1,0 +1,128 @@
+"""Generative evaluation: greedy decoding until a stop sequence, answer extraction, exact match (GSM8K).
+
+Generation runs in chunks of ``chunk`` new tokens; after each chunk a row whose text contains a stop
+sequence (or EOS) is finished and dropped, so a batch does not decode 512 tokens for every row just
+because one row is long. Extraction follows the OLMES GSM8K recipe: the number after the last
+"So the answer is", else the last number in the output; both sides are normalised with the task's
+``regexes_to_ignore`` (commas, ``$``, anything up to ``#### ``, a final period) before comparing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from olmo2.eval.lm import EvalLM, TextTokenizer
+from olmo2.eval.tasks import Doc
+
+__all__ = ["exact_match", "extract_answer", "generate_until", "gsm8k_metrics", "normalize_answer"]
+
+IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")  # the gsm8k config's metric_kwargs.regexes_to_ignore
+_NUMBER = r"-?[\d,]*\.?\d+"
+_SO = re.compile(r"answer is\s*:?\s*\$?\s*(" + _NUMBER + ")", re.IGNORECASE)
+
+
+def normalize_answer(s: str) -> str:
+    """Apply the ignore regexes, strip, and write integral numbers canonically (``18.00`` -> ``18``)."""
+    for pat in IGNORE:
+        s = re.sub(pat, "", s)
+    s = s.strip()
+    try:
+        x = float(s)
+    except ValueError:
+        return s
+    return str(int(x)) if x.is_integer() else repr(x)
+
+
+def extract_answer(text: str) -> str:
+    """The answer a CoT generation commits to (OLMES GSM8K)."""
+    found = _SO.findall(text)
+    if found:
+        return normalize_answer(found[-1])
+    numbers = re.findall(_NUMBER, text)
+    return normalize_answer(numbers[-1]) if numbers else normalize_answer(text)
+
+
+def exact_match(prediction: str, gold: str) -> bool:
+    return extract_answer(prediction) == normalize_answer(gold)
+
+
+def _cut(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def generate_until(
+    lm: EvalLM,
+    tok: TextTokenizer,
+    prompts: list[list[int]],
+    stops: list[tuple[str, ...]],
+    max_new: list[int],
+    *,
+    batch_size: int = 16,
+    chunk: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Greedy continuations, each cut at its first stop sequence (and before EOS)."""
+    outs: list[str | None] = [None] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    done = 0
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        gen: dict[int, list[int]] = {i: [] for i in idx}
+        active = list(idx)
+        while active:
+            n = min(chunk, min(max_new[i] - len(gen[i]) for i in active))
+            inputs = []
+            for i in active:
+                seq = prompts[i] + gen[i]
+                keep = max(1, lm.max_length - n)
+                inputs.append(seq[-keep:])
+            for i, new in zip(active, lm.generate(inputs, n), strict=True):
+                gen[i] += new
+            still = []
+            for i in active:
+                ids = gen[i]
+                eos = lm.eos_token_id is not None and lm.eos_token_id in ids
+                if eos:
+                    ids = ids[: ids.index(lm.eos_token_id)]
+                text, stopped = _cut(tok.decode(ids), stops[i])
+                if stopped or eos or len(gen[i]) >= max_new[i]:
+                    outs[i] = text
+                else:
+                    still.append(i)
+            active = still
+        done += len(idx)
+        if progress is not None:
+            progress(done, len(prompts))
+    return [o if o is not None else "" for o in outs]
+
+
+def gsm8k_metrics(
+    lm: EvalLM,
+    tok: TextTokenizer,
+    docs: list[Doc],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict, list[dict]]:
+    """Exact match of the extracted answer against the gold short answer, and per-doc records."""
+    prompts = tok.encode_batch([d.contexts[0] for d in docs])
+    limit = [min(d.max_gen_toks or 512, max_new_tokens or 10**9) for d in docs]
+    texts = generate_until(
+        lm, tok, prompts, [d.stop for d in docs], limit, batch_size=batch_size, progress=progress
+    )
+    records = []
+    for d, text in zip(docs, texts, strict=True):
+        pred = extract_answer(text)
+        gold = normalize_answer(d.answer or "")
+        records.append(
+            {"doc_id": d.doc_id, "generation": text, "extracted": pred, "gold": gold, "correct": pred == gold}
+        )
+    n = len(records)
+    correct = sum(r["correct"] for r in records)
+    em = correct / n if n else float("nan")
+    metrics = {"docs": n, "exact_match": em, "exact_match_correct": correct, "primary_metric": "exact_match"}
+    metrics["primary"] = em
+    return metrics, records

@@ -1,0 +1,384 @@
+"""Run an evaluation: prepare tasks once, score a model, report a table and JSON.
+
+``Evaluator`` is the one code path: ``olmo2 eval`` builds one for a checkpoint directory, and the
+trainer's in-loop hook keeps one (tasks loaded and tokenised once) and calls it on the live model, so
+offline and in-loop numbers for the same weights are the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from olmo2.assets import ASSETS
+from olmo2.eval.generative import gsm8k_metrics
+from olmo2.eval.lm import EvalLM, TextTokenizer, as_eval_lm, as_text_tokenizer
+from olmo2.eval.scoring import bpb_metrics, loglikelihoods, macro, mc_or_rc, ranked_metrics
+from olmo2.eval.suites import SUITES, expand, formats_of
+from olmo2.eval.tasks import DATA_ASSET, TaskData, load_task, resolve_format
+from olmo2.eval.tokens import encode_strings
+
+__all__ = [
+    "Evaluator",
+    "add_eval_arguments",
+    "eval_from_args",
+    "evaluate",
+    "flat_metrics",
+    "format_table",
+    "run_eval",
+    "write_json",
+]
+
+
+@dataclass
+class _Prepared:
+    data: TaskData
+    requests: list[tuple[np.ndarray, np.ndarray]]  # ranked/bpb: every (context, continuation), in doc order
+    seconds: float
+
+
+def _tokenize(
+    tok: TextTokenizer, data: TaskData, cache: bool, complete: bool
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Context and continuation are encoded separately (OLMES/olmo-eval); each string once."""
+    pairs: list[tuple[str, str]] = []
+    for d in data.docs:
+        pairs += list(zip(d.contexts, d.continuations, strict=True))
+        if d.uncond_contexts is not None:
+            pairs += list(zip(d.uncond_contexts, d.continuations, strict=True))
+    strings = [x for p in pairs for x in p]
+    ids = encode_strings(tok, strings, data.format.name if cache else None, complete=complete)
+    return [(ids[c], ids[k]) for c, k in pairs]
+
+
+class Evaluator:
+    """Tasks loaded and tokenised once; ``evaluator(model)`` scores a model on all of them."""
+
+    def __init__(
+        self,
+        tokenizer,
+        tasks: str | Sequence[str],
+        *,
+        limit: int | None = None,
+        batch_size: int = 32,
+        max_batch_tokens: int = 8192,
+        gen_max_tokens: int | None = None,
+        keep_docs: bool = False,
+        token_cache: bool = True,
+        all_norms: bool = False,
+        verbose: bool = False,
+    ):
+        self.tok = as_text_tokenizer(tokenizer)
+        self.spec = tasks if isinstance(tasks, str) else ",".join(tasks)
+        self.entries = expand(tasks)
+        self.limit, self.batch_size, self.max_batch_tokens = limit, batch_size, max_batch_tokens
+        self.gen_max_tokens, self.keep_docs, self.verbose = gen_max_tokens, keep_docs, verbose
+        self.all_norms = all_norms
+        self.prepared: dict[str, _Prepared] = {}
+        for entry in self.entries:
+            for name in formats_of(entry):
+                t0 = time.perf_counter()
+                data = load_task(resolve_format(name), limit=limit)
+                if data.format.kind == "ranked" and data.format.norm != "pmi" and not all_norms:
+                    for d in data.docs:  # PMI's unconditional requests only when PMI is the metric
+                        d.uncond_contexts = None
+                reqs = (
+                    _tokenize(self.tok, data, token_cache, limit is None) if data.format.kind != "gen" else []
+                )
+                self.prepared[name] = _Prepared(data, reqs, time.perf_counter() - t0)
+                self._log(f"prepared {name}: {len(data.docs)} docs, {len(reqs)} requests")
+
+    def _log(self, msg: str) -> None:
+        if self.verbose:
+            print(f"olmo2 eval: {msg}", file=sys.stderr, flush=True)
+
+    def settings(self, lm: EvalLM) -> dict:
+        import torch
+
+        from olmo2 import __version__
+
+        asset = ASSETS[DATA_ASSET]
+        param = next(iter(lm.model.parameters()), None) if hasattr(lm, "model") else None
+        return {
+            "tasks": self.spec,
+            "entries": self.entries,
+            "limit": self.limit,
+            "batch_size": self.batch_size,
+            "max_batch_tokens": self.max_batch_tokens,
+            "gen_max_tokens": self.gen_max_tokens,
+            "all_norms": self.all_norms,
+            "model_backend": type(lm).__name__,
+            "model_max_length": lm.max_length,
+            "dtype": str(param.dtype).removeprefix("torch.") if param is not None else None,
+            "device": str(lm.device),
+            "tokenizer_sha256": self.tok.fingerprint,
+            "data": f"{asset.requirement} {asset.member} (tree sha256 {asset.sha256})",
+            "olmo2": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        }
+
+    def __call__(self, model, *, max_length: int | None = None) -> dict:
+        """Score ``model`` (our ``Olmo2``, a transformers causal LM or an ``EvalLM``) on every task."""
+        module = getattr(model, "model", None) if isinstance(model, EvalLM) else model
+        was_training = bool(getattr(module, "training", False))  # the adapters switch to eval mode
+        lm = as_eval_lm(model, max_length=max_length)
+        if self.tok.vocab_size > lm.vocab_size:
+            raise ValueError(
+                f"tokenizer mismatch: the tokenizer has {self.tok.vocab_size} ids but the model embeds "
+                f"only {lm.vocab_size}; evaluate with the model's own tokenizer"
+            )
+        t_start = time.perf_counter()
+        formats: dict[str, dict] = {}
+        try:
+            for name, prep in self.prepared.items():
+                t0 = time.perf_counter()
+                metrics, records = self._score(lm, prep)
+                fmt = prep.data.format
+                metrics.update(
+                    kind=fmt.kind,
+                    norm=fmt.norm if fmt.kind == "ranked" else None,
+                    split=fmt.split,
+                    shots=fmt.shots,
+                    requests=len(prep.requests),
+                    source=prep.data.files if len(prep.data.files) <= 8 else f"{len(prep.data.files)} dirs",
+                    seconds=round(time.perf_counter() - t0, 3),
+                )
+                if self.keep_docs:
+                    metrics["per_doc"] = records
+                formats[name] = metrics
+                self._log(
+                    f"{name}: {metrics['primary_metric']} = {metrics['primary']:.4f} ({metrics['seconds']} s)"
+                )
+        finally:
+            if was_training:
+                module.train()
+        tasks: dict[str, dict] = {}
+        for entry in self.entries:
+            subs = formats_of(entry)
+            if len(subs) == 2:
+                tasks[entry] = {
+                    **mc_or_rc(formats[subs[0]], formats[subs[1]]),
+                    "mc": formats[subs[0]],
+                    "rc": formats[subs[1]],
+                }
+            else:
+                tasks[entry] = formats[entry]
+        suites = {}
+        for name, members in SUITES.items():
+            if all(m in tasks for m in members):
+                suites[name] = {
+                    "average": float(np.mean([tasks[m]["primary"] for m in members])),
+                    "tasks": members,
+                }
+        return {
+            "model": lm.name,
+            "settings": self.settings(lm),
+            "summary": {e: tasks[e]["primary"] for e in self.entries},
+            "suites": suites,
+            "tasks": tasks,
+            "timing": {
+                "score_seconds": round(time.perf_counter() - t_start, 3),
+                "prepare_seconds": round(sum(p.seconds for p in self.prepared.values()), 3),
+            },
+        }
+
+    def _score(self, lm: EvalLM, prep: _Prepared) -> tuple[dict, list[dict]]:
+        data, fmt = prep.data, prep.data.format
+        if fmt.kind == "gen":
+            return gsm8k_metrics(
+                lm,
+                self.tok,
+                data.docs,
+                batch_size=max(1, self.batch_size // 2),
+                max_new_tokens=self.gen_max_tokens,
+            )
+        ll = loglikelihoods(
+            lm, prep.requests, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens
+        )
+        records, i = [], 0
+        for d in data.docs:
+            n = len(d.continuations)
+            rec = {
+                "doc_id": d.doc_id,
+                "gold": d.gold,
+                "logprobs": ll[i : i + n].tolist(),
+                "num_tokens": [len(prep.requests[i + j][1]) for j in range(n)],
+                "num_chars": [len(c) for c in d.continuations],
+                "num_bytes": [len(c.encode("utf-8")) for c in d.continuations],
+            }
+            i += n
+            if d.uncond_contexts is not None:
+                rec["uncond_logprobs"] = ll[i : i + n].tolist()
+                i += n
+            if d.subject:
+                rec["subject"] = d.subject
+            records.append(rec)
+        score = (lambda rs: ranked_metrics(rs, fmt.norm)) if fmt.kind == "ranked" else bpb_metrics
+        subjects = sorted({r.get("subject", "") for r in records})
+        if len(subjects) > 1:
+            per = {s: score([r for r in records if r.get("subject", "") == s]) for s in subjects}
+            metrics = macro(per)
+            metrics["micro"] = score(records)["primary"]
+            metrics["subjects"] = {s: {"primary": m["primary"], "docs": m["docs"]} for s, m in per.items()}
+        else:
+            metrics = score(records)
+        return metrics, records
+
+
+def evaluate(model, tokenizer, tasks: str | Sequence[str], limit: int | None = None, **kwargs) -> dict:
+    """Prepare ``tasks`` and score ``model`` once (see :class:`Evaluator` for the options)."""
+    max_length = kwargs.pop("max_length", None)
+    return Evaluator(tokenizer, tasks, limit=limit, **kwargs)(model, max_length=max_length)
+
+
+def flat_metrics(results: dict, prefix: str = "eval/") -> dict[str, float]:
+    """``{prefix + entry: primary}`` plus suite averages: what a training log records."""
+    out = {f"{prefix}{k}": float(v) for k, v in results["summary"].items()}
+    out.update({f"{prefix}{k}": float(v["average"]) for k, v in results["suites"].items()})
+    return out
+
+
+def format_table(results: dict) -> str:
+    """A plain-text table: one line per task (and its MC/RC formats), then suite averages."""
+    lines = [f"{'task':28s} {'metric':20s} {'value':>9s} {'docs':>7s}", "-" * 67]
+
+    def line(name, m):
+        docs = m.get("docs", "")
+        lines.append(f"{name:28s} {m['primary_metric']:20s} {m['primary']:9.4f} {docs!s:>7s}")
+
+    for entry, m in results["tasks"].items():
+        line(entry, m)
+        if m.get("primary_metric") == "mc_or_rc":
+            line(f"  {entry}:mc", m["mc"])
+            line(f"  {entry}:rc", m["rc"])
+    for name, s in results["suites"].items():
+        lines.append(f"{'suite ' + name:28s} {'average':20s} {s['average']:9.4f}")
+    t = results["timing"]
+    lines.append(f"(scored in {t['score_seconds']:.1f} s; tasks prepared in {t['prepare_seconds']:.1f} s)")
+    return "\n".join(lines)
+
+
+def write_json(results: dict, path: str | Path) -> Path:
+    """Write atomically (temp file + rename), so a results file is never half written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2, allow_nan=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def run_eval(
+    model: str | Path,
+    tasks: str,
+    *,
+    limit: int | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 32,
+    max_batch_tokens: int = 8192,
+    device: str = "cpu",
+    dtype: str | None = None,
+    backend: str = "auto",
+    tokenizer: str | None = None,
+    gen_max_tokens: int | None = None,
+    keep_docs: bool = False,
+    all_norms: bool = False,
+    quiet: bool = False,
+) -> dict:
+    """What ``olmo2 eval MODEL --tasks SPEC`` does: load, score, print the table, write JSON."""
+    from olmo2.eval.lm import load_eval_model
+
+    lm, tok = load_eval_model(model, device=device, dtype=dtype, backend=backend, tokenizer=tokenizer)
+    ev = Evaluator(
+        tok,
+        tasks,
+        limit=limit,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        gen_max_tokens=gen_max_tokens,
+        keep_docs=keep_docs,
+        all_norms=all_norms,
+        verbose=not quiet,
+    )
+    results = ev(lm)
+    results["model"] = str(model)
+    if not quiet:
+        print(format_table(results))
+    if out is not None:
+        write_json(results, out)
+        if not quiet:
+            print(f"results written to {out}")
+    return results
+
+
+def add_eval_arguments(parser) -> None:
+    """The ``olmo2 eval`` options, for the CLI to attach to its ``eval`` sub-parser."""
+    parser.add_argument("model", nargs="?", help="checkpoint or Hugging Face causal-LM directory")
+    parser.add_argument(
+        "--tasks",
+        default="olmes_core",
+        help="comma-separated suites, tasks, task:format names (default: olmes_core)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="at most N docs per task format")
+    parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--batch-size", type=int, default=32, help="rows per forward pass (default: 32)")
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=8192, help="token budget per batch (default: 8192)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument(
+        "--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: float32"
+    )
+    parser.add_argument(
+        "--backend", default="auto", choices=["auto", "olmo2", "hf"], help="model implementation"
+    )
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer.json / HF dir, or 'dolma2' (default: the model's)"
+    )
+    parser.add_argument("--gen-max-tokens", type=int, default=None, help="cap on generated tokens (GSM8K)")
+    parser.add_argument("--all-norms", action="store_true", help="also score PMI where it is not the metric")
+    parser.add_argument("--per-doc", action="store_true", help="keep per-doc scores in the JSON")
+    parser.add_argument("--list", action="store_true", help="list suites, tasks and formats, then exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress or table on the terminal")
+
+
+def eval_from_args(args) -> dict | None:
+    """Run ``olmo2 eval`` from parsed :func:`add_eval_arguments` options."""
+    if args.list:
+        from olmo2.eval.suites import available
+        from olmo2.eval.tasks import TASKS, describe
+
+        print(available())
+        for fmt in TASKS.values():
+            print("  " + describe(fmt))
+        return None
+    if args.model is None:
+        raise ValueError("olmo2 eval: a MODEL directory is required (or --list)")
+    return run_eval(
+        args.model,
+        args.tasks,
+        limit=args.limit,
+        out=args.out,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        tokenizer=args.tokenizer,
+        gen_max_tokens=args.gen_max_tokens,
+        keep_docs=args.per_doc,
+        all_norms=args.all_norms,
+        quiet=args.quiet,
+    )
