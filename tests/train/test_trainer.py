@@ -144,8 +144,21 @@ def test_stage2_init_from_stage1_checkpoint(make_train_config, tmp_path):
     assert a[1]["loss"] != b[1]["loss"]
 
 
-def test_bad_config_fails_before_work(make_train_config, capsys):
+def test_bad_config_fails_before_work(make_train_config, capsys, tmp_path):
     path = make_train_config()
+    assert main(["train", str(path), "schedule.warmup_steps=8"]) == 2
+    assert (
+        "schedule.warmup_steps (8) is not shorter than the run (trainer.max_steps 8)"
+        in capsys.readouterr().err
+    )
+    assert main(["train", str(path), "data.micro_batch_size=3"]) == 2
+    assert "not divisible by data.micro_batch_size (3)" in capsys.readouterr().err
+    train(load_train_config(path, ["trainer.max_steps=3", "checkpoint.save_every=3"]))
+    assert main(["train", str(path), "model.d_model=32", "trainer.max_steps=4"]) == 2
+    assert (
+        "holds a checkpoint of another model (model.d_model: checkpoint 64, config 32)"
+        in capsys.readouterr().err
+    )
     assert main(["train", str(path), "optim.lrr=1"]) == 2
     assert "unknown key optim.lrr (did you mean optim.lr" in capsys.readouterr().err
     assert main(["train", str(path), "data.mix=/nope.yaml"]) == 2

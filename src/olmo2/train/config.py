@@ -100,6 +100,17 @@ class TrainConfig:
     init: InitConfig = field(default_factory=InitConfig)
 
     def __post_init__(self) -> None:
+        steps = self.trainer.max_steps
+        if steps is not None and self.schedule.warmup_steps >= steps:
+            raise ValueError(
+                f"schedule.warmup_steps ({self.schedule.warmup_steps}) is not shorter than the run "
+                f"(trainer.max_steps {steps})"
+            )
+        if self.data.global_batch_size % self.data.micro_batch_size:
+            raise ValueError(
+                f"data.global_batch_size ({self.data.global_batch_size}) is not divisible by "
+                f"data.micro_batch_size ({self.data.micro_batch_size})"
+            )
         if self.data.seq_len > self.model.max_seq_len:
             raise ValueError(
                 f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"

@@ -173,6 +173,22 @@ def _init_from(cfg: TrainConfig, model, optimizer, env: DistEnv) -> str:
     return f"model weights from {model_dir}"
 
 
+def _check_same_model(checkpoint: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a run folder whose checkpoint holds another model, naming the difference."""
+    found = read_config(checkpoint) if (checkpoint / "model").is_dir() else None
+    if found is None or found == cfg.model:
+        return
+    diffs = [
+        f"model.{k}: checkpoint {getattr(found, k)!r}, config {getattr(cfg.model, k)!r}"
+        for k in vars(cfg.model)
+        if getattr(found, k) != getattr(cfg.model, k)
+    ]
+    raise ValueError(
+        f"trainer.save_folder {checkpoint.parent} holds a checkpoint of another model ({'; '.join(diffs)}); "
+        "use a new save_folder"
+    )
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training as configured; returns a summary of the run."""
     env = init_distributed(cfg.trainer.device)
@@ -228,6 +244,7 @@ def train(cfg: TrainConfig) -> dict:
     start_step, last_lr = 0, 0.0
     latest = latest_checkpoint(save_folder)
     if latest is not None:
+        _check_same_model(latest, cfg)
         state = load_checkpoint(latest, model, optimizer, env)
         loader.load_state_dict(state["loader"])
         loss_spikes.load_state_dict(state["spikes"]["loss"])
