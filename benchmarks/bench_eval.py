@@ -28,6 +28,7 @@ import torch
 
 from olmo2.eval.lm import Olmo2LM
 from olmo2.eval.runner import Evaluator
+from olmo2.model.checkpoint import hf_model as olmo2_hf_model
 from olmo2.model.config import preset
 from olmo2.model.transformer import build_model
 from olmo2.tokenizer import load_tokenizer
@@ -37,26 +38,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def hf_model(model, device, dtype):
     """The same weights as an HF ``Olmo2ForCausalLM`` (our state dict uses HF's names)."""
-    from transformers import Olmo2Config, Olmo2ForCausalLM
-
-    cfg = model.config
-    hc = Olmo2Config(
-        vocab_size=cfg.embedding_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.mlp_hidden,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
-        max_position_embeddings=cfg.max_seq_len,
-        rope_parameters={"rope_theta": cfg.rope_theta, "rope_type": "default"},
-        rms_norm_eps=cfg.norm_eps,
-        tie_word_embeddings=False,
-        eos_token_id=cfg.eos_token_id,
-        pad_token_id=cfg.pad_token_id,
-    )
-    hf = Olmo2ForCausalLM(hc)
-    hf.load_state_dict(model.state_dict(), strict=False)  # rotary tables are buffers HF rebuilds
-    return hf.to(device=device, dtype=dtype).eval()
+    return olmo2_hf_model(model.config, model.state_dict()).to(device=device, dtype=dtype).eval()
 
 
 def sync(device: torch.device) -> None:

@@ -19,6 +19,7 @@ import time
 import torch
 
 from olmo2.generate import GenerationConfig, generate
+from olmo2.model.checkpoint import hf_model as olmo2_hf_model
 from olmo2.model.config import preset
 from olmo2.model.transformer import build_model
 
@@ -26,25 +27,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def hf_model(cfg, state_dict, device, dtype):
-    from transformers import Olmo2Config, Olmo2ForCausalLM
-
-    hc = Olmo2Config(
-        vocab_size=cfg.embedding_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.mlp_hidden,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
-        max_position_embeddings=cfg.max_seq_len,
-        rope_parameters={"rope_theta": cfg.rope_theta, "rope_type": "default"},
-        rms_norm_eps=cfg.norm_eps,
-        tie_word_embeddings=False,
-        eos_token_id=None,
-        pad_token_id=cfg.pad_token_id,
-        bos_token_id=None,
-    )
-    model = Olmo2ForCausalLM(hc)
-    model.load_state_dict(state_dict)
+    """HF's model with our weights; no EOS, so both sides generate exactly the asked-for tokens."""
+    model = olmo2_hf_model(cfg, state_dict, eos_token_id=None, bos_token_id=None)
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from olmo2.model.checkpoint import hf_model as olmo2_hf_model
 from olmo2.model.config import preset
 from olmo2.model.transformer import build_model
 from olmo2.train.loss import lm_loss, shift_labels
@@ -34,27 +35,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def hf_model(cfg, state_dict):
     """HF's model with our weights (parameter names are the same)."""
-    from transformers import Olmo2Config, Olmo2ForCausalLM
-
-    hc = Olmo2Config(
-        vocab_size=cfg.embedding_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.mlp_hidden,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
-        rms_norm_eps=cfg.norm_eps,
-        rope_parameters={"rope_theta": cfg.rope_theta, "rope_type": "default"},
-        max_position_embeddings=4096,
-        eos_token_id=100257,
-        pad_token_id=100277,
-        tie_word_embeddings=False,
-        use_cache=False,
-        attn_implementation="sdpa",
-    )
-    model = Olmo2ForCausalLM(hc)
-    model.load_state_dict(state_dict)
-    return model
+    return olmo2_hf_model(cfg, state_dict, use_cache=False, attn_implementation="sdpa")
 
 
 def adamw(model):

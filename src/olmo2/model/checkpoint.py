@@ -81,6 +81,17 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
     }
 
 
+def hf_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor] | None = None, **config_overrides):
+    """transformers' ``Olmo2ForCausalLM`` of this shape (with these weights, if given): the peer in
+    side-by-side checks and benchmarks. ``config_overrides`` go to ``Olmo2Config``."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    model = Olmo2ForCausalLM(Olmo2Config(**(config_to_hf(cfg) | config_overrides)))
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model
+
+
 def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """Read an HF ``Olmo2Config`` dict, refusing other architectures and features OLMo 2 does not have."""
     model_type = hf.get("model_type")
