@@ -29,7 +29,36 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return _RMSNormFunction.apply(x, self.weight, self.eps)
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in fp32, or wider if it already is (fp64 keeps gradcheck meaningful)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    """RMSNorm with a hand-written backward: on CPU, autograd through ``F.rms_norm``'s decomposition
+    makes about twice as many passes over the activations. Same fp32 arithmetic as the forward above."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        xf = _fp32(x)
+        rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))
+        ctx.save_for_backward(x, weight, rstd)
+        return (xf * rstd).mul_(_fp32(weight)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, rstd = ctx.saved_tensors
+        x_hat, dyf = _fp32(x) * rstd, _fp32(dy)
+        dw = (dyf * x_hat).sum(dim=tuple(range(dy.dim() - 1))) if ctx.needs_input_grad[1] else None
+        g = dyf * _fp32(weight)
+        # d/dx of x·rstd·w: rstd · (g − x̂ · mean(g · x̂))
+        dx = g.sub_(x_hat.mul_((g * x_hat).mean(-1, keepdim=True))).mul_(rstd)
+        return dx.to(x.dtype), (dw.to(weight.dtype) if dw is not None else None), None
 
 
 class RotaryEmbedding(nn.Module):
@@ -68,10 +97,37 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    xf = x.float()
-    x1, x2 = xf.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (xf * cos + rotated * sin).to(x.dtype)
+    """``x·cos + rotate_half(x)·sin`` in fp32, with ``rotate_half(x) = cat(−x2, x1)``."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RotaryFunction.apply(x, cos, sin)
+    return _rotate(x, cos, sin, transpose=False)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """The rotation (or, ``transpose``, its transpose, for the backward) in two passes, without the
+    negated copy and the concatenation of the textbook form."""
+    xf = _fp32(x)
+    half = x.shape[-1] // 2
+    x1, x2 = xf[..., :half], xf[..., half:]
+    sign = -1.0 if transpose else 1.0
+    out = xf * cos
+    out[..., :half].addcmul_(x2, sin[..., half:] if transpose else sin[..., :half], value=-sign)
+    out[..., half:].addcmul_(x1, sin[..., :half] if transpose else sin[..., half:], value=sign)
+    return out.to(x.dtype)
+
+
+class _RotaryFunction(torch.autograd.Function):
+    """RoPE is linear in x: the backward is the transposed rotation, and nothing but cos/sin is saved."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin, transpose=False)
+
+    @staticmethod
+    def backward(ctx, dy):
+        cos, sin = ctx.saved_tensors
+        return _rotate(dy, cos, sin, transpose=True), None, None
 
 
 class KVCache:

@@ -102,10 +102,11 @@ def _chunk(h, w, targets, valid, g_ce, g_z, z_mult, bufs, grad_h, grad_w, first)
     r, acc = h.shape[0], bufs.probs.dtype
     logits = torch.mm(h, w.t(), out=bufs.logits[:r])
     target_logit = logits.gather(1, targets.unsqueeze(1)).squeeze(1).to(acc)
-    top, top_idx = logits.max(dim=1)
+    top = logits.amax(dim=1)  # no argmax indices: amax is ~4x faster than max(dim) on CPU
     probs = torch.softmax(logits, dim=-1, dtype=acc, out=bufs.probs[:r])
-    # log-sum-exp = max − log P(argmax); P(argmax) ≥ 1/V, so this neither underflows nor loses precision.
-    lse = top.to(acc) - probs.gather(1, top_idx.unsqueeze(1)).squeeze(1).log()
+    # log-sum-exp = max − log P(argmax), and P(argmax) = max P (softmax is monotone); P(argmax) ≥ 1/V,
+    # so this neither underflows nor loses precision.
+    lse = top.to(acc) - probs.amax(dim=1).log()
     zero = torch.zeros((), device=lse.device, dtype=acc)
     ce = torch.where(valid, lse - target_logit, zero).sum()
     z = torch.where(valid, lse, zero).square().sum()
