@@ -154,3 +154,19 @@ def test_cli_arguments_roundtrip(checkpoint, tmp_path, capsys):
     assert "olmes_core" in capsys.readouterr().out
     with pytest.raises(ValueError, match="MODEL"):
         eval_from_args(parser.parse_args([]))
+
+
+def test_bos_tokenizers_start_contexts_with_bos():
+    """dolma2 has no BOS; a tokenizer that prepends one gets it on every context (as olmo-eval does)."""
+    import tokenizers
+
+    tk = tokenizers.Tokenizer.from_str(load_tokenizer().backend.to_str())
+    tk.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 100257)]
+    )
+    ctx, cont = Evaluator(tk, "piqa:mc", limit=2, token_cache=False).prepared["piqa:mc"].requests[0]
+    plain_ctx, plain_cont = (
+        Evaluator(load_tokenizer(), "piqa:mc", limit=2, token_cache=False).prepared["piqa:mc"].requests[0]
+    )
+    assert ctx.tolist() == [100257, *plain_ctx.tolist()] and cont.tolist() == plain_cont.tolist()
+    assert plain_ctx[0] != 100257

@@ -109,6 +109,8 @@ def gsm8k_metrics(
 ) -> tuple[dict, list[dict]]:
     """Exact match of the extracted answer against the gold short answer, and per-doc records."""
     prompts = tok.encode_batch([d.contexts[0] for d in docs])
+    if tok.bos_token_id is not None:
+        prompts = [p if p[:1] == [tok.bos_token_id] else [tok.bos_token_id, *p] for p in prompts]
     limit = [min(d.max_gen_toks or 512, max_new_tokens or 10**9) for d in docs]
     texts = generate_until(
         lm, tok, prompts, [d.stop for d in docs], limit, batch_size=batch_size, progress=progress

@@ -281,12 +281,21 @@ def as_eval_lm(model, max_length: int | None = None) -> EvalLM:
 
 
 class TextTokenizer:
-    """Encodes without special tokens (OLMES: context and continuation tokenised separately, no BOS
-    for dolma2) and decodes; ``fingerprint`` identifies the exact vocabulary for caches and reports."""
+    """Encodes without special tokens and decodes; ``fingerprint`` identifies the exact vocabulary
+    for caches and reports. ``bos_token_id`` is set only for tokenizers that prepend a BOS by
+    default (not dolma2): like ``ai2-olmo-eval``, the scorer then starts every context with it."""
 
-    def __init__(self, encode_batch, decode, eos_token_id: int | None, vocab_size: int, fingerprint_src):
+    def __init__(
+        self,
+        encode_batch,
+        decode,
+        eos_token_id: int | None,
+        vocab_size: int,
+        fingerprint_src,
+        bos_token_id=None,
+    ):
         self.encode_batch, self.decode = encode_batch, decode
-        self.eos_token_id, self.vocab_size = eos_token_id, vocab_size
+        self.eos_token_id, self.vocab_size, self.bos_token_id = eos_token_id, vocab_size, bos_token_id
         self._fp_src = fingerprint_src
         self._fp: str | None = None
 
@@ -299,6 +308,13 @@ class TextTokenizer:
             src = self._fp_src()
             self._fp = hashlib.sha256(src if isinstance(src, bytes) else src.encode()).hexdigest()
         return self._fp
+
+
+def _default_bos(with_special: list[int], plain: list[int]) -> int | None:
+    """The token a tokenizer prepends by default (its BOS), if any."""
+    if len(with_special) > len(plain) and with_special[1 : 1 + len(plain)] == plain:
+        return with_special[0]
+    return None
 
 
 def as_text_tokenizer(tok) -> TextTokenizer:
@@ -316,18 +332,22 @@ def as_text_tokenizer(tok) -> TextTokenizer:
             if path is not None and Path(path).is_file()
             else tok.backend.to_str
         )
-        return TextTokenizer(tok.encode_batch, tok.decode, tok.eos_token_id, tok.vocab_size, src)
+        return TextTokenizer(
+            tok.encode_batch, tok.decode, tok.eos_token_id, tok.vocab_size, src, tok.bos_token_id
+        )
     if isinstance(tok, tokenizers.Tokenizer):
         enc = lambda texts: [e.ids for e in tok.encode_batch(list(texts), add_special_tokens=False)]  # noqa: E731
         dec = lambda ids: tok.decode(list(ids), skip_special_tokens=False)  # noqa: E731
         eos = tok.token_to_id("<|endoftext|>")
-        return TextTokenizer(enc, dec, eos, tok.get_vocab_size(with_added_tokens=True), tok.to_str)
+        bos = _default_bos(tok.encode("a", add_special_tokens=True).ids, enc(["a"])[0])
+        return TextTokenizer(enc, dec, eos, tok.get_vocab_size(with_added_tokens=True), tok.to_str, bos)
     if hasattr(tok, "convert_tokens_to_ids"):  # transformers tokenizer
         enc = lambda texts: tok(list(texts), add_special_tokens=False)["input_ids"]  # noqa: E731
         dec = lambda ids: tok.decode(list(ids), skip_special_tokens=False)  # noqa: E731
         backend = getattr(tok, "backend_tokenizer", None)
         src = backend.to_str if backend is not None else (lambda: json.dumps(tok.get_vocab(), sort_keys=True))
-        return TextTokenizer(enc, dec, tok.eos_token_id, len(tok), src)
+        bos = _default_bos(tok("a")["input_ids"], enc(["a"])[0])
+        return TextTokenizer(enc, dec, tok.eos_token_id, len(tok), src, bos)
     raise TypeError(f"unsupported tokenizer type {type(tok).__name__}")
 
 

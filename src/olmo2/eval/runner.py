@@ -57,7 +57,15 @@ def _tokenize(
             pairs += list(zip(d.uncond_contexts, d.continuations, strict=True))
     strings = [x for p in pairs for x in p]
     ids = encode_strings(tok, strings, data.format.name if cache else None, complete=complete)
-    return [(ids[c], ids[k]) for c, k in pairs]
+    ctx_ids = {c: _with_bos(tok, ids[c]) for c in dict.fromkeys(c for c, _ in pairs)}
+    return [(ctx_ids[c], ids[k]) for c, k in pairs]
+
+
+def _with_bos(tok: TextTokenizer, ids: np.ndarray) -> np.ndarray:
+    """Contexts start with BOS for tokenizers that use one (``ai2-olmo-eval`` does the same)."""
+    if tok.bos_token_id is None or (len(ids) and ids[0] == tok.bos_token_id):
+        return ids
+    return np.concatenate([np.array([tok.bos_token_id], dtype=ids.dtype), ids])
 
 
 class Evaluator:
