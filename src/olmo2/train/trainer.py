@@ -76,6 +76,10 @@ def choose_precision(requested: str, device: torch.device) -> tuple[torch.dtype,
     fp32 = measure_peak_flops(device, torch.float32)
     if device.type == "cuda":
         return torch.bfloat16, measure_peak_flops(device, torch.bfloat16)
+    # A small probe first: without bf16 matrix units (AVX2-only CPUs) a 1024^2 bf16 matmul takes
+    # seconds, and measuring it properly would cost half a minute at every start.
+    if measure_peak_flops(device, torch.bfloat16, size=256, repeats=1) < fp32:
+        return torch.float32, fp32
     bf16 = measure_peak_flops(device, torch.bfloat16, size=1024, repeats=2)
     return (torch.bfloat16, bf16) if bf16 > 1.5 * fp32 else (torch.float32, fp32)
 
