@@ -1,4 +1,5 @@
-"""The one typed config of ``olmo2 train``: model, data, optimizer, schedule, trainer, checkpoints.
+"""The one typed config of ``olmo2 train``: model, data, optimizer, schedule, trainer, checkpoints,
+logging.
 
 Loaded from YAML with ``key.sub=value`` overrides and validated before any work starts. ``model`` may
 be a preset name (``model: 1b``); it is expanded to the preset's fields first, so
@@ -7,6 +8,8 @@ be a preset name (``model: 1b``); it is expanded to the preset's fields first, s
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -81,6 +84,44 @@ class CheckpointConfig:
     export_hf: bool = True  # also write model/ (an HF directory) inside each checkpoint
 
 
+def _installed(package: str) -> bool:
+    if package in sys.modules:
+        return sys.modules[package] is not None
+    return importlib.util.find_spec(package) is not None
+
+
+def require_package(package: str, what: str) -> None:
+    """Fail at config time, before any work, saying what to install if ``package`` cannot be imported."""
+    if not _installed(package):
+        raise ValueError(f"{what} but the {package} package is not installed: pip install {package}")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases: every metrics.jsonl record goes to a run (rank 0). Needs ``pip install wandb``."""
+
+    enabled: bool = False
+    project: str = "olmo2"
+    name: str | None = None  # default: the save folder's name
+    mode: Literal["offline", "online", "disabled"] = "offline"  # offline: sync later with `wandb sync`
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            require_package("wandb", "enabled")
+
+
+@dataclass
+class LoggingConfig:
+    """Metric backends beside metrics.jsonl; each receives every record (rank 0 only)."""
+
+    tensorboard: bool = False  # event files in <save_folder>/tensorboard
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        if self.tensorboard:
+            require_package("tensorboard", "tensorboard is on")
+
+
 @dataclass
 class InitConfig:
     """Start from existing weights (stage 2 anneals start from the stage-1 checkpoint)."""
@@ -98,6 +139,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         steps = self.trainer.max_steps

@@ -7,6 +7,7 @@ import math
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -18,11 +19,12 @@ class MetricsLog:
     """Append-only ``metrics.jsonl``, one object per optimizer step.
 
     On resume, records past the checkpoint's step (written by the killed run after its last
-    checkpoint) are dropped, so the file always reads as one uninterrupted run.
+    checkpoint) are dropped, so the file always reads as one uninterrupted run. ``sinks`` (objects
+    with ``write(record)`` and ``close()``, e.g. TensorBoard, W&B) receive every record too.
     """
 
-    def __init__(self, path: Path, resume_step: int = 0):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int = 0, sinks: Sequence = ()):
+        self.path, self.sinks = path, list(sinks)
         if path.exists():
             keep = [
                 line
@@ -37,9 +39,13 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        for sink in self.sinks:
+            sink.write(record)
 
     def close(self) -> None:
         self._file.close()
+        for sink in self.sinks:
+            sink.close()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -6,8 +6,9 @@ global batch (counted before the forward passes), so neither gradient accumulati
 ranks changes the loss or the gradients. (OLMo divides by ``input_ids.numel()`` instead; the two
 differ only when instances are loss-masked, and ours is the true mean over trained tokens.)
 
-A run folder holds ``config.yaml``, ``metrics.jsonl`` and ``step<N>/`` checkpoints; starting a run
-whose folder has a complete checkpoint resumes from the latest one, exactly.
+A run folder holds ``config.yaml``, ``metrics.jsonl`` and ``step<N>/`` checkpoints (and
+``tensorboard/`` or W&B files if enabled); starting a run whose folder has a complete checkpoint
+resumes from the latest one, exactly.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from olmo2.train.monitor import (
 )
 from olmo2.train.optim import build_optimizer
 from olmo2.train.schedule import lr_factor
+from olmo2.train.tracking import open_sinks
 
 
 class TrainingHalted(RuntimeError):
@@ -259,7 +261,10 @@ def train(cfg: TrainConfig) -> dict:
         origin = _init_from(cfg, model, optimizer, env)
     else:
         origin = f"random init (seed {cfg.trainer.init_seed})"
-    metrics = MetricsLog(save_folder / "metrics.jsonl", start_step) if env.is_main else None
+    metrics = None
+    if env.is_main:
+        sinks = open_sinks(cfg, save_folder, start_step)
+        metrics = MetricsLog(save_folder / "metrics.jsonl", start_step, sinks)
     fpt = flops_per_token(cfg.model, cfg.data.seq_len)
     if env.is_main:
         log(
