@@ -174,6 +174,7 @@ def test_plot_writes_png(make_train_config, tmp_path, capsys):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_match_one(make_train_config, tmp_path, parallel):
+    """ddp also saves asynchronously (its Gloo group for DCP runs beside the training collectives)."""
     config = make_train_config()
     single = tmp_path / "single"
     train(load_train_config(config, [f"trainer.save_folder={single}", "trainer.max_steps=4"]))
@@ -194,6 +195,7 @@ def test_two_processes_match_one(make_train_config, tmp_path, parallel):
         f"trainer.save_folder={multi}",
         "trainer.max_steps=4",
         f"trainer.parallel={parallel}",
+        f"checkpoint.async_save={parallel == 'ddp'}",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -9,7 +9,9 @@ Layout::
     step<N>/COMPLETE     written last
 
 Everything is written into ``.step<N>.tmp/`` and renamed once complete, so a kill at any moment
-leaves either the previous checkpoint or the new one, never a partial one that counts.
+leaves either the previous checkpoint or the new one, never a partial one that counts. That holds
+for asynchronous saves too (``async_save``): a background thread writes a CPU copy of the state and
+renames the folder only once everything, ``COMPLETE`` last, is written.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import os
 import random
 import re
 import shutil
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +82,48 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class PendingCheckpoint:
+    """A ``step<N>/`` being written by a background thread (``async_save``); ``wait()`` returns once it
+    is complete and renamed into place, and re-raises the thread's error if writing failed."""
+
+    def __init__(self, path: Path, work: Callable[[], None] | None = None):
+        self.path, self._error = path, None
+        self._thread = None
+        if work is not None:
+            self._thread = threading.Thread(target=self._run, args=(work,), name=f"olmo2-save-{path.name}")
+            self._thread.start()
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as e:  # re-raised by wait(), in the training thread
+            self._error = e
+
+    def wait(self) -> Path:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"checkpoint {self.path} was not written: {error!r}") from error
+        return self.path
+
+
+def _complete(save_folder: Path, tmp: Path, final: Path, step: int, state_json: str, keep_last: int) -> None:
+    """Rank 0, once every rank's files are in ``tmp``: state.json, COMPLETE, rename, prune."""
+    (tmp / "state.json").write_text(state_json)
+    with open(tmp / COMPLETE, "w") as f:
+        f.write(f"step {step}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if keep_last > 0:
+        for _, old in complete_checkpoints(save_folder)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def save_checkpoint(
     save_folder: Path,
     step: int,
@@ -87,36 +134,53 @@ def save_checkpoint(
     *,
     export_hf: bool = True,
     keep_last: int = 0,
-) -> Path:
-    """Write ``step<step>/`` atomically on all ranks; returns its path."""
+    async_save: bool = False,
+    process_group=None,
+) -> PendingCheckpoint:
+    """Write ``step<step>/`` atomically on all ranks.
+
+    Synchronous by default (the returned handle is already complete). With ``async_save`` the model
+    and optimizer state are copied to CPU memory here, and a background thread writes them
+    (``dcp.async_save``, over ``process_group``: give it its own Gloo group when there are several
+    ranks), then on rank 0 the HF export, ``state.json`` and ``COMPLETE``, and renames the folder into
+    place; call ``wait()`` on the handle before the next save and before exiting.
+    """
     final = save_folder / f"step{step}"
     tmp = save_folder / f".step{step}.tmp"
     if env.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "train"))
-    if export_hf:
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if env.is_main:
-            save_state_dict(full, unwrap(model).config, tmp / "model")
     torch.save(_rng_state(), tmp / f"rng-rank{env.rank}.pt")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    hf_state = None
+    if export_hf:
+        hf_state = get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        if async_save and env.device.type == "cpu":  # then these are the live parameters, which training
+            hf_state = {k: v.detach().clone() for k, v in hf_state.items()}  # goes on updating
+    model_config = unwrap(model).config
+    state_json = json.dumps({"step": step, **state}, indent=2) + "\n"  # as of now, not when written
+    train_state, train_dir = {"model": model_sd, "optim": optim_sd}, str(tmp / "train")
+
+    def finish(upload: Future | None) -> None:
+        if upload is not None:
+            upload.result()  # on rank 0: returns once every rank's shards and the metadata are written
+        if env.is_main:
+            if hf_state is not None:
+                save_state_dict(hf_state, model_config, tmp / "model")
+            _complete(save_folder, tmp, final, step, state_json, keep_last)
+
+    if async_save:
+        response = dcp.async_save(train_state, checkpoint_id=train_dir, process_group=process_group)
+        upload = getattr(response, "upload_completion", response)  # newer torch: AsyncSaveResponse
+        return PendingCheckpoint(final, lambda: finish(upload))
+    dcp.save(train_state, checkpoint_id=train_dir)
+    barrier()  # every rank's shards and RNG state are in tmp
+    finish(None)
     barrier()
-    if env.is_main:
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2) + "\n")
-        with open(tmp / COMPLETE, "w") as f:
-            f.write(f"step {step}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if keep_last > 0:
-            for _, old in complete_checkpoints(save_folder)[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-    barrier()
-    return final
+    return PendingCheckpoint(final)
 
 
 def read_train_state(path: Path) -> dict:

@@ -82,6 +82,9 @@ class CheckpointConfig:
     save_every: int = 1000  # steps; the final step is always saved
     keep_last: int = 3  # complete checkpoints kept (older ones deleted); 0 keeps all
     export_hf: bool = True  # also write model/ (an HF directory) inside each checkpoint
+    # Write checkpoints in the background: the state is copied to CPU memory, then training goes on
+    # while a thread writes it; the run waits for it before the next save and at exit.
+    async_save: bool = False
 
 
 def _installed(package: str) -> bool:

@@ -55,6 +55,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+def background_group() -> dist.ProcessGroup | None:
+    """A separate Gloo group for collectives run by a background thread (asynchronous checkpoints),
+    so they never interleave with the training loop's; None in a single process. Call on all ranks."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.new_group(backend="gloo")
+    return None
+
+
 def broadcast_object(obj, src: int = 0):
     if dist.is_initialized() and dist.get_world_size() > 1:
         box = [obj]

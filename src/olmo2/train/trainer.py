@@ -36,6 +36,7 @@ from olmo2.train.config import TrainConfig, save_train_config
 from olmo2.train.distributed import (
     DistEnv,
     all_reduce_sum,
+    background_group,
     barrier,
     init_distributed,
     parallelize,
@@ -265,6 +266,7 @@ def train(cfg: TrainConfig) -> dict:
     if env.is_main:
         sinks = open_sinks(cfg, save_folder, start_step)
         metrics = MetricsLog(save_folder / "metrics.jsonl", start_step, sinks)
+    save_group = background_group() if cfg.checkpoint.async_save else None
     fpt = flops_per_token(cfg.model, cfg.data.seq_len)
     if env.is_main:
         log(
@@ -277,6 +279,7 @@ def train(cfg: TrainConfig) -> dict:
     gc.disable()
     consecutive_skips, step, run_start, save_due = 0, start_step, time.perf_counter(), False
     timed_steps, timed_seconds = 0, 0.0
+    pending = None  # the last checkpoint save, possibly still being written in the background
     try:
         batches = iter(loader)
         while step < total_steps:
@@ -322,6 +325,8 @@ def train(cfg: TrainConfig) -> dict:
                     eta = timed_seconds / timed_steps * (total_steps - step)
                     log(console_line(record, total_steps, eta))
             if consecutive_skips >= cfg.trainer.spikes.max_consecutive_skips:
+                if pending is not None:
+                    pending.wait()
                 last = latest_checkpoint(save_folder)
                 raise TrainingHalted(
                     f"stopped at step {step}: {consecutive_skips} consecutive steps had a non-finite loss or "
@@ -339,7 +344,9 @@ def train(cfg: TrainConfig) -> dict:
                     "spikes": {"loss": loss_spikes.state_dict(), "grad_norm": norm_spikes.state_dict()},
                 }
                 save_due = False
-                save_checkpoint(
+                if pending is not None:
+                    pending.wait()  # one save at a time; raises if the previous one failed
+                pending = save_checkpoint(
                     save_folder,
                     step,
                     model,
@@ -348,6 +355,8 @@ def train(cfg: TrainConfig) -> dict:
                     env,
                     export_hf=cfg.checkpoint.export_hf,
                     keep_last=cfg.checkpoint.keep_last,
+                    async_save=cfg.checkpoint.async_save,
+                    process_group=save_group,
                 )
         summary = {
             "step": step,
@@ -359,9 +368,13 @@ def train(cfg: TrainConfig) -> dict:
             summary.update(heldout_loss(model, val_loader, env, dtype))
         return summary
     finally:
-        gc.enable()
-        if metrics is not None:
-            metrics.close()
-        barrier()
-        if env.owns_process_group:
-            torch.distributed.destroy_process_group()
+        try:
+            if pending is not None:  # the last save is complete (or its error raised) when train() ends
+                pending.wait()
+        finally:
+            gc.enable()
+            if metrics is not None:
+                metrics.close()
+            barrier()
+            if env.owns_process_group:
+                torch.distributed.destroy_process_group()
