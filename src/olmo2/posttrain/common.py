@@ -28,11 +28,13 @@ from olmo2.train.schedule import ScheduleConfig, lr_factor
 
 __all__ = [
     "PostTrainConfig",
+    "StepOptimizer",
     "add_cli_commands",
     "batched",
     "chat",
     "plot_rewards",
     "resolve_device",
+    "run_steps",
     "save_final",
     "setup",
     "token_logps",
@@ -132,45 +134,56 @@ def token_logps(
     return out, mask
 
 
-def train_loop(
-    cfg: PostTrainConfig,
-    model,
-    steps: Sequence,
-    step_fn: Callable[[object, int], dict],
-    *,
-    out_dir: Path,
-) -> list[dict]:
-    """Run one optimizer step per element of ``steps``; ``step_fn(item, step)`` does the forward and
-    backward passes (gradients summed over its micro-batches) and returns the step's metrics.
+class StepOptimizer:
+    """AdamW, the LR schedule and gradient clipping for one model over ``total`` optimizer steps.
 
     The schedule is linear (to 0 after the last step, HF-style, so the last step still learns) or
     constant, after ``warmup_ratio`` × steps of linear warmup. AdamW uses HF's defaults (β 0.9/0.999)
     as open-instruct does; weight decay applies to every parameter but the input embedding.
     """
+
+    def __init__(self, cfg: PostTrainConfig, model, total: int, *, lr: float | None = None):
+        self.lr, self.total = cfg.lr if lr is None else lr, total
+        self.opt = build_optimizer(
+            model,
+            OptimConfig(
+                lr=self.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip
+            ),
+        )
+        self.sched = ScheduleConfig(
+            name=cfg.schedule, warmup_steps=int(total * cfg.warmup_ratio), alpha_f=0.0, t_max=None
+        )
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+
+    def begin(self, step: int) -> float:
+        """Zero the gradients and set the LR of optimizer step ``step`` (1-based); return that LR."""
+        lr = self.lr * lr_factor(self.sched, step, self.total + 1)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        return lr
+
+    def step(self) -> float:
+        """Clip the gradients, step; return the gradient norm before clipping."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
+        self.opt.step()
+        return float(grad_norm)
+
+
+def run_steps(
+    cfg: PostTrainConfig, steps: Sequence, step_fn: Callable[[object, int], dict], *, out_dir: Path
+) -> list[dict]:
+    """Call ``step_fn(item, step)`` for each element of ``steps``; write each returned record (plus
+    ``step`` and ``step_time``) to ``metrics.jsonl`` and every ``log_every`` steps to the console."""
     total = len(steps)
-    opt = build_optimizer(
-        model,
-        OptimConfig(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip),
-    )
-    sched = ScheduleConfig(
-        name=cfg.schedule, warmup_steps=int(total * cfg.warmup_ratio), alpha_f=0.0, t_max=None
-    )
     metrics = MetricsLog(out_dir / "metrics.jsonl")
     records = []
-    params = [p for p in model.parameters() if p.requires_grad]
     try:
         for step, item in enumerate(steps, 1):
             t0 = time.perf_counter()
-            lr = cfg.lr * lr_factor(sched, step, total + 1)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            model.train()
             record = {"step": step, **step_fn(item, step)}
-            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            opt.step()
-            record.update(lr=lr, grad_norm=float(grad_norm), step_time=time.perf_counter() - t0)
+            record["step_time"] = time.perf_counter() - t0
             metrics.write(record)
             records.append(record)
             if step % cfg.log_every == 0 or step == total:
@@ -183,6 +196,28 @@ def train_loop(
     finally:
         metrics.close()
     return records
+
+
+def train_loop(
+    cfg: PostTrainConfig,
+    model,
+    steps: Sequence,
+    step_fn: Callable[[object, int], dict],
+    *,
+    out_dir: Path,
+) -> list[dict]:
+    """Run one optimizer step (``StepOptimizer``) per element of ``steps``; ``step_fn(item, step)``
+    does the forward and backward passes (gradients summed over its micro-batches) and returns the
+    step's metrics."""
+    optim = StepOptimizer(cfg, model, len(steps))
+
+    def one_step(item, step: int) -> dict:
+        lr = optim.begin(step)
+        model.train()
+        record = step_fn(item, step)
+        return {**record, "lr": lr, "grad_norm": optim.step()}
+
+    return run_steps(cfg, steps, one_step, out_dir=out_dir)
 
 
 def n_steps(n_items: int, cfg: PostTrainConfig) -> int:
@@ -272,7 +307,7 @@ def chat(
 
 
 def plot_rewards(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Mean reward (and KL to the reference) per step of an RLVR run, as a PNG (default
+    """Mean reward (and KL to the reference) per step of an RLVR run, GRPO or PPO, as a PNG (default
     ``RUN_DIR/rewards.png``)."""
     import matplotlib
 
@@ -289,16 +324,29 @@ def plot_rewards(run_dir: str | Path, out: str | Path | None = None) -> Path:
     axes[0].plot(steps, [r["reward_mean"] for r in records], lw=1)
     axes[0].set_title("mean verifiable reward", fontsize=9)
     axes[1].plot(steps, [r.get("kl", 0.0) for r in records], lw=1, color="tab:orange")
-    axes[1].set_title("KL to the reference (k3)", fontsize=9)
+    run_cfg = _run_config(run_dir)
+    estimator = run_cfg.get("kl_estimator")
+    axes[1].set_title("KL to the reference" + (f" ({estimator}, per token)" if estimator else ""), fontsize=9)
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("step")
-    fig.suptitle(Path(run_dir).name)
+    fig.suptitle(Path(run_dir).name + (f" ({run_cfg['algorithm']})" if run_cfg.get("algorithm") else ""))
     fig.tight_layout()
     out = Path(out) if out else Path(run_dir) / "rewards.png"
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _run_config(run_dir: str | Path) -> dict:
+    """The run's ``config.yaml`` as a dict ({} if absent or unreadable)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def write_json(path: Path, obj) -> None:
@@ -354,7 +402,7 @@ def add_cli_commands(commands) -> None:
     for name, help_text in (
         ("sft", "supervised fine-tuning on chats (assistant tokens only; spec §6.2)"),
         ("dpo", "preference tuning: length-normalised DPO, beta 5 (spec §6.3)"),
-        ("rlvr", "RL with verifiable rewards by GRPO (spec §6.5)"),
+        ("rlvr", "RL with verifiable rewards: GRPO or PPO with a value model (spec §6.4-6.5)"),
     ):
         p = commands.add_parser(
             name, help=help_text, description=help_text + "; key=value overrides the config"
