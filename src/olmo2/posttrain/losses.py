@@ -257,11 +257,19 @@ def grpo_loss(
 
 
 def ppo_token_rewards(
-    scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor, *, kl_coef: float
+    scores: torch.Tensor,
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kl_coef: float,
+    estimator: str = "k1",
 ) -> torch.Tensor:
-    """PPO per-token rewards [B, T]: −β·(logπ − logπ_ref) on every response token, plus the sequence's
-    verifiable score [B] on its last one (open-instruct's PPO reward shaping)."""
-    rewards = -kl_coef * (logps - ref_logps) * mask
+    """PPO per-token rewards [B, T]: −β·KL on every response token, plus the sequence's verifiable
+    score [B] on its last one (open-instruct's PPO reward shaping). The KL is ``kl_penalty`` with
+    ``estimator``; the default ``k1`` is the sampled log-ratio logπ − logπ_ref (open-instruct's
+    ``kl1``, what its PPO runs used)."""
+    rewards = -kl_coef * kl_penalty(logps, ref_logps, estimator) * mask
     last = (mask.long().cumsum(-1).argmax(-1, keepdim=True)).clamp(min=0)
     return rewards.scatter_add(-1, last, scores.to(rewards.dtype).unsqueeze(-1) * mask.any(-1, keepdim=True))
 
