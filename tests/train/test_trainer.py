@@ -205,3 +205,16 @@ def test_two_processes_match_one(make_train_config, tmp_path, parallel):
     wa, wb = read_state_dict(single / "step4"), read_state_dict(multi / "step4")
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=2e-5)  # 4 AdamW steps of lr 3e-3
+
+
+def test_peak_flops_is_the_best_timed_matmul(monkeypatch):
+    """Other load only slows a matmul down, so the MFU denominator uses the fastest of the repeats."""
+    import itertools
+
+    from olmo2.train import monitor
+
+    # start/stop pairs of 0.5 s, 0.1 s, 0.3 s; then a clock that keeps going for anyone else
+    clock = itertools.chain([0.0, 0.5, 1.0, 1.1, 2.0, 2.3], itertools.count(3.0))
+    monkeypatch.setattr(monitor.time, "perf_counter", lambda: next(clock))
+    peak = monitor.measure_peak_flops(torch.device("cpu"), torch.float32, size=64, repeats=3)
+    assert peak == pytest.approx(2 * 64**3 / 0.1)
