@@ -264,7 +264,7 @@ class Olmo2(nn.Module):
         *,
         z_loss_multiplier: float = 0.0,
         loss_normalizer: float | torch.Tensor | None = None,
-        loss_chunk_size: int | None = 1024,
+        loss_chunk_size: int | None = 512,
         **kwargs,
     ):
         """Logits [B, T, embedding_size]; or, given ``labels`` (-100 = ignore), the loss as a

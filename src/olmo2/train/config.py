@@ -63,7 +63,7 @@ class TrainerConfig:
     activation_checkpointing: bool = False
     compile: bool = False
     z_loss_multiplier: float = 1e-5  # paper Tab 1 / 32B (spec §12.1 lists the 1e-4 alternative)
-    loss_chunk_size: int = 1024
+    loss_chunk_size: int = 512  # logits rows per chunk: 512 x 100352 fp32 = 205 MB per buffer
     log_every: int = 1
     eval_every: int = 0  # steps between held-out evaluations (0: only at the end, if validation set)
     init_seed: int = 0  # model initialisation seed
