@@ -149,13 +149,16 @@ def write_report(cfg, out: Path, stage1: dict, anneals: list[dict], soup: dict |
         lines.append(f"- anneal seed {s}: {f:.3g} FLOPs")
     lines.append(f"- total, every stage and every anneal: {s1_flops + sum(anneal_flops):.3g} FLOPs")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p is not None]
-    lines += ["", "## Steps", ""]
-    for step in sorted(p.stem for p in (out / ".done").glob("*.json")):
-        info = json.loads((out / ".done" / f"{step}.json").read_text())
+    lines += ["", "## Steps (in the order they finished)", ""]
+    total = 0.0
+    for marker in sorted((out / ".done").glob("*.json"), key=lambda p: (p.stat().st_mtime, p.stem)):
+        info = json.loads(marker.read_text())
+        total += info.get("seconds", 0)
         lines.append(
-            f"- {step}: {info.get('seconds', 0):.0f} s"
+            f"- {marker.stem}: {info.get('seconds', 0):.0f} s"
             + (f", {info['checkpoint']}" if "checkpoint" in info else "")
         )
+    lines.append(f"- total: {total / 60:.1f} min (the steps' own time, summed over the runs that did them)")
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
     task_names = [n for n in names if n.startswith("task/")]
