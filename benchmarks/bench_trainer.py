@@ -6,14 +6,17 @@ ours, HF, HF, ours, … ``--rounds`` times, so noise from a shared machine hits 
 
 * **ours**: the real CLI (``olmo2 train``) on a synthetic token file: data loader, chunked CE + z-loss,
   AdamW, clipping, schedule, metrics; each side at its default settings (``precision: auto``, which is
-  bf16 autocast only where bf16 matmuls are measured faster than fp32). Tokens/s per step are read from
+  bf16 autocast only where bf16 matmuls are measured faster than fp32), but with the whole batch in one
+  micro-batch like the HF loop (``--micro-batch-size`` to change; the trainer's own default is 2).
+  Tokens/s per step are read from
   the run's ``metrics.jsonl``; checkpoints are written only at the end (not timed).
 * **hf**: a plain loop, fp32: ``loss = model(ids, labels=ids).loss``, backward, clip at 1.0, AdamW.
 
 Reported per config: median tokens/s of each side over the steps after ``--warmup``, the ratio (ours
 / HF), each side's peak RSS (``ru_maxrss`` of its process) and the ratio, and MFU = model FLOPs/s
 (``olmo2.train.monitor.flops_per_token``, the same count for both sides) / the machine's measured
-matmul peak, for fp32 and bf16 (both peaks are measured here; MFU is quoted against the dtype in use).
+matmul peak of the dtype each side computes in (both peaks are measured and printed; ours follows the
+trainer's ``precision: auto`` rule, bf16 only where it is >1.5x faster; the HF loop is fp32).
 
     python benchmarks/bench_trainer.py                          # tiny and small
     python benchmarks/bench_trainer.py --config tiny --steps 4 --rounds 1 --json out.json
@@ -57,7 +60,7 @@ def write_tokens(path: Path, n_tokens: int, vocab: int, seed: int = 0) -> None:
     arr.astype("<u4").tofile(path)
 
 
-def run_ours(work: Path, size: str, seq_len: int, batch: int, steps: int) -> dict:
+def run_ours(work: Path, size: str, seq_len: int, batch: int, steps: int, micro_batch: int = 0) -> dict:
     """``olmo2 train`` in this process; returns per-step tokens/s and the peak RSS."""
     from olmo2.cli import main
 
@@ -65,9 +68,10 @@ def run_ours(work: Path, size: str, seq_len: int, batch: int, steps: int) -> dic
     mix.write_text(f"name: bench\nsources:\n  - name: random\n    paths: ['{work / 'tokens.npy'}']\n")
     run = work / f"ours-{time.time_ns()}"
     config = work / f"{run.name}.yaml"
+    micro = f", micro_batch_size: {micro_batch or batch}"
     config.write_text(
         f"model: {size}\n"
-        f"data: {{mix: '{mix}', seq_len: {seq_len}, global_batch_size: {batch}, micro_batch_size: {batch}}}\n"
+        f"data: {{mix: '{mix}', seq_len: {seq_len}, global_batch_size: {batch}{micro}}}\n"
         f"trainer: {{save_folder: '{run}', max_steps: {steps}, log_every: 1}}\n"
         f"schedule: {{warmup_steps: 1}}\n"
         f"checkpoint: {{export_hf: false, save_every: {steps}}}\n"
@@ -109,8 +113,11 @@ def shape(args) -> tuple[str, int, int]:
 
 def child(args) -> None:
     size, seq_len, batch = shape(args)
-    fn = run_ours if args.child == "ours" else run_hf
-    result = fn(Path(args.work), size, seq_len, batch, args.warmup + args.steps)
+    steps = args.warmup + args.steps
+    if args.child == "ours":
+        result = run_ours(Path(args.work), size, seq_len, batch, steps, args.micro_batch_size)
+    else:
+        result = run_hf(Path(args.work), size, seq_len, batch, steps)
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -119,11 +126,12 @@ def spawn(side: str, args, work: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", side, "--config", args.config, "--work", str(work)]
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--result", str(out)]
     cmd += ["--seq-len", str(args.seq_len or 0), "--batch-size", str(args.batch_size or 0)]
+    cmd += ["--micro-batch-size", str(args.micro_batch_size)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
 
-def bench_config(name: str, args, peaks: dict) -> dict:
+def bench_config(name: str, args, peaks: dict, dtypes: dict) -> dict:
     args.config = name
     size, seq_len, batch = shape(args)
     cfg = preset(size)
@@ -155,8 +163,8 @@ def bench_config(name: str, args, peaks: dict) -> dict:
         summary[side] = {
             "tokens_per_sec": tps,
             "peak_rss_gib": max(r["peak_rss"] for r in runs) / 2**30,
-            "mfu_fp32": fpt * tps / peaks["float32"],
-            "mfu_bf16": fpt * tps / peaks["bfloat16"],
+            "dtype": dtypes[side],
+            "mfu": fpt * tps / peaks[dtypes[side]],
             "steps_measured": len(rates),
         }
     summary["speedup"] = summary["ours"]["tokens_per_sec"] / summary["hf"]["tokens_per_sec"]
@@ -174,6 +182,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="child runs per side (alternating order)")
     p.add_argument("--seq-len", type=int, default=0, help="override the config's sequence length")
     p.add_argument("--batch-size", type=int, default=0, help="override the config's batch size")
+    p.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=0,
+        help="ours: instances per forward (default: the whole batch, as the HF loop)",
+    )
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--child", choices=["ours", "hf"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
@@ -183,25 +197,32 @@ def main() -> None:
         return child(args)
 
     cpu = torch.device("cpu")
-    # bf16 on a smaller matrix: without bf16 matrix units a 2048^2 bf16 matmul takes a minute.
+    # The best of several sizes and repeats: on a shared VM one 2048^2 measurement varied from 96 to
+    # 165 GFLOP/s within minutes. bf16 on a smaller matrix: without bf16 matrix units a 2048^2 bf16
+    # matmul takes a minute.
     peaks = {
-        "float32": measure_peak_flops(cpu, torch.float32),
+        "float32": max(measure_peak_flops(cpu, torch.float32, size=n) for n in (1024, 2048, 4096)),
         "bfloat16": measure_peak_flops(cpu, torch.bfloat16, size=512),
     }
     print(
-        f"matmul peak (2048^2): fp32 {peaks['float32'] / 1e9:.1f} GFLOP/s, "
-        f"bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}",
+        f"matmul peak: fp32 (best of 1024^2..4096^2) {peaks['float32'] / 1e9:.1f} GFLOP/s, "
+        f"bf16 (512^2) {peaks['bfloat16'] / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}",
         flush=True,
     )
     names = list(SHAPES) if args.config == "all" else [args.config]
-    rows = [bench_config(n, args, peaks) for n in names]
-    print(f"\n{'config':<7}{'side':<6}{'tok/s':>9}{'peak RSS':>11}{'MFU fp32':>10}{'MFU bf16':>10}")
+    # The trainer's rule (precision: auto): bf16 only where its matmuls are > 1.5x faster than fp32.
+    dtypes = {
+        "ours": "bfloat16" if peaks["bfloat16"] > 1.5 * peaks["float32"] else "float32",
+        "hf": "float32",
+    }
+    rows = [bench_config(n, args, peaks, dtypes) for n in names]
+    print(f"\n{'config':<7}{'side':<6}{'tok/s':>9}{'peak RSS':>11}{'dtype':>10}{'MFU':>8}")
     for r in rows:
         for side in ("ours", "hf"):
             s = r[side]
             print(
                 f"{r['config']:<7}{side:<6}{s['tokens_per_sec']:>9.1f}{s['peak_rss_gib']:>9.2f}Gi"
-                f"{100 * s['mfu_fp32']:>9.1f}%{100 * s['mfu_bf16']:>9.1f}%"
+                f"{s['dtype']:>10}{100 * s['mfu']:>7.1f}%"
             )
         print(
             f"{r['config']:<7}ratio: {r['speedup']:.2f}x tokens/s at {100 * r['memory_ratio']:.0f}% of HF's peak memory"
