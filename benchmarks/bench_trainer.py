@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from olmo2.data.token_files import EOS_TOKEN_ID
 from olmo2.model.config import preset
 from olmo2.train.monitor import flops_per_token, measure_peak_flops
 
@@ -56,7 +57,7 @@ def write_tokens(path: Path, n_tokens: int, vocab: int, seed: int = 0) -> None:
     """Random documents of ~1000 tokens ending in EOS, as a raw uint32 token file."""
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, vocab - 100, size=n_tokens, dtype=np.uint32)
-    arr[999::1000] = 100257  # dolma2 EOS
+    arr[999::1000] = EOS_TOKEN_ID
     arr.astype("<u4").tofile(path)
 
 
