@@ -63,6 +63,10 @@ def test_recipe_runs_every_step_and_reports(tmp_path, monkeypatch, train_config_
     torch.testing.assert_close(soup[key], (a[key] + b[key]) / 2)
     report = (out / "report.md").read_text()
     assert "Did annealing and souping help?" in report and "bpb/val" in report
+    # Steps are listed in the order they ran (not alphabetically), then their total.
+    steps = report.split("## Steps (in the order they finished)")[1].strip().splitlines()
+    names = [line[2:].split(":")[0] for line in steps]
+    assert names[0] == "stage1" and names.index("anneal-seed2") < names.index("soup") and names[-1] == "total"
     assert (out / "loss_curves.png").is_file() and (out / "eval_metrics.png").is_file()
     assert summary["flops"]["soup"] > summary["flops"]["anneal-seed1"] > summary["flops"]["stage1"] > 0
 
