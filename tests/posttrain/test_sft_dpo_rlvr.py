@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 
 import pytest
@@ -180,12 +181,13 @@ def test_chat_with_piped_stdin(digits_sft):
     assert history[1]["content"]
 
 
-def test_demo_data_loads_cleanly_and_pairs_are_verified(tmp_path, tok):
+@pytest.mark.parametrize("task", ["chain_sum", "gsm_symbolic"])
+def test_demo_data_loads_cleanly_and_pairs_are_verified(tmp_path, tok, task):
     from olmo2.posttrain.data import load_preferences, load_rl_prompts, load_sft
     from olmo2.posttrain.demo_data import write_demo_data
     from olmo2.posttrain.verifiers import verify
 
-    paths = write_demo_data(tmp_path, n_sft=8, n_dpo=8, n_rlvr=8, seed=3)
+    paths = write_demo_data(tmp_path, task=task, n_sft=8, n_dpo=8, n_rlvr=8, seed=3)
     sft, r1 = load_sft(paths["sft"], tok)
     pairs, r2 = load_preferences(paths["dpo"], tok)
     prompts, r3 = load_rl_prompts(paths["rlvr"], tok)
@@ -195,8 +197,13 @@ def test_demo_data_loads_cleanly_and_pairs_are_verified(tmp_path, tok):
         assert row["chosen"] != row["rejected"]
         assert verify("gsm8k", row["chosen"], row["chosen"].rsplit("####", 1)[1])
     questions = [json.loads(x)["messages"][0]["content"] for x in paths["sft"].read_text().splitlines()]
-    assert not set(questions) & {p.messages[0]["content"] for p in prompts}  # disjoint seeds
-    again = write_demo_data(tmp_path / "again", n_sft=8, n_dpo=8, n_rlvr=8, seed=3)
+    rl_questions = [p.messages[0]["content"] for p in prompts]
+    assert len(set(rl_questions)) == len(rl_questions)  # distinct RLVR prompts
+    if task == "gsm_symbolic":  # disjoint seeds, and enough problems not to collide
+        assert not set(questions) & set(rl_questions)
+    else:  # ~200 one-digit problems: the stages share them (documented)
+        assert all(re.fullmatch(r".*: \d [+-] \d =", q) for q in questions + rl_questions)
+    again = write_demo_data(tmp_path / "again", task=task, n_sft=8, n_dpo=8, n_rlvr=8, seed=3)
     assert again["sft"].read_text() == paths["sft"].read_text()  # seeded
 
 
@@ -222,3 +229,15 @@ def test_cli_commands_parse_and_dry_run(base, capsys, digits_sft, monkeypatch):
     args = parser.parse_args(["chat", str(run / "model"), "--max-new-tokens", "4"])
     args.func(args)
     assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_posttrain_data_cli_writes_the_chosen_task(tmp_path, capsys):
+    from olmo2.cli import main
+
+    assert (
+        main(["posttrain-data", str(tmp_path), "--task", "chain_sum", "--n-sft", "4", "--n-rlvr", "3"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "sft:" in out and "(4 records)" in out and "(3 records)" in out
+    row = json.loads((tmp_path / "sft.jsonl").read_text().splitlines()[0])
+    assert re.fullmatch(r"\d [+-] \d = (-?\d+)\n#### \1", row["messages"][1]["content"])

@@ -321,7 +321,15 @@ def plot_rewards(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise ValueError(f"{run_dir}/metrics.jsonl has no reward_mean: not an RLVR run?")
     steps = [r["step"] for r in records]
     fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
-    axes[0].plot(steps, [r["reward_mean"] for r in records], lw=1)
+    rewards = [r["reward_mean"] for r in records]
+    axes[0].plot(steps, rewards, lw=1, alpha=0.5, label="per step")
+    window = max(1, min(5, len(rewards) // 4))
+    if window > 1:  # a few dozen samples per step are noisy: the trend is in the running mean
+        smooth = [
+            sum(rewards[max(0, i - window + 1) : i + 1]) / min(window, i + 1) for i in range(len(rewards))
+        ]
+        axes[0].plot(steps, smooth, lw=2, color="tab:blue", label=f"mean of the last {window} steps")
+        axes[0].legend(fontsize=8, loc="lower right")
     axes[0].set_title("mean verifiable reward", fontsize=9)
     axes[1].plot(steps, [r.get("kl", 0.0) for r in records], lw=1, color="tab:orange")
     run_cfg = _run_config(run_dir)
@@ -356,14 +364,19 @@ def write_json(path: Path, obj) -> None:
 # ------------------------------------------------------------------------------------- CLI
 
 
-def _run_stage(args) -> None:
+def stage_functions(name: str) -> tuple[Callable, Callable]:
+    """``(load_config(path, overrides), train(cfg) -> summary)`` of the stage ``sft``, ``dpo`` or ``rlvr``."""
     from olmo2.posttrain import dpo, rlvr, sft
 
-    load, train = {
+    return {
         "sft": (sft.load_sft_config, sft.train_sft),
         "dpo": (dpo.load_dpo_config, dpo.train_dpo),
         "rlvr": (rlvr.load_rlvr_config, rlvr.train_rlvr),
-    }[args.command]
+    }[name]
+
+
+def _run_stage(args) -> None:
+    load, train = stage_functions(args.command)
     cfg = load(args.config, args.overrides)
     if args.dry_run:
         print(json.dumps(to_dict(cfg), indent=2))
@@ -387,7 +400,9 @@ def _run_chat(args) -> None:
 def _run_data(args) -> None:
     from olmo2.posttrain.demo_data import write_demo_data
 
-    paths = write_demo_data(args.out, n_sft=args.n_sft, n_dpo=args.n_dpo, n_rlvr=args.n_rlvr, seed=args.seed)
+    paths = write_demo_data(
+        args.out, task=args.task, n_sft=args.n_sft, n_dpo=args.n_dpo, n_rlvr=args.n_rlvr, seed=args.seed
+    )
     for name, path in paths.items():
         print(f"{name}: {path} ({len(path.read_text().splitlines())} records)")
 
@@ -424,10 +439,18 @@ def add_cli_commands(commands) -> None:
     p = commands.add_parser(
         "posttrain-data", help="write the offline demo SFT/DPO/RLVR JSONL (reasoning-gym)"
     )
+    from olmo2.posttrain.demo_data import TASKS
+
     p.add_argument("out", help="output folder")
-    p.add_argument("--n-sft", type=int, default=256)
-    p.add_argument("--n-dpo", type=int, default=128)
-    p.add_argument("--n-rlvr", type=int, default=128)
+    p.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        default="chain_sum",
+        help="chain_sum: one-digit sums the demo model can learn (default); gsm_symbolic: word problems",
+    )
+    p.add_argument("--n-sft", type=int, default=2000, help="SFT chats")
+    p.add_argument("--n-dpo", type=int, default=128, help="preference pairs (at most)")
+    p.add_argument("--n-rlvr", type=int, default=16, help="distinct RLVR prompts (at most)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run_data)
     p = commands.add_parser("plot-rewards", help="draw an RLVR run's mean reward and KL per step to PNG")

@@ -116,7 +116,46 @@ def _verdict(names: list[str], rows: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
-def write_report(cfg, out: Path, stage1: dict, anneals: list[dict], soup: dict | None, evals: dict) -> dict:
+def _posttrain_lines(out: Path, posttrain: dict[str, dict]) -> list[str]:
+    """What each post-training stage measured on its own data (spec §6), first → last step."""
+    lines = ["## Post-training (SFT → DPO → RLVR)", ""]
+    if "sft" in posttrain:
+        s = posttrain["sft"]
+        lines.append(
+            f"- SFT: {s['steps']} steps on {s['examples']} chats, loss per assistant token "
+            f"{s['first_loss']:.4f} → {s['final_loss']:.4f}"
+        )
+    if "dpo" in posttrain:
+        d = posttrain["dpo"]
+        first, final = d["first"], d["final"]
+        lines.append(
+            f"- DPO: {d['steps']} steps on {d['pairs']} pairs, reward margin {first['margin']:.4f} → "
+            f"{final['margin']:.4f}, preference accuracy {first['accuracy']:.2f} → {final['accuracy']:.2f}"
+        )
+    if "rlvr" in posttrain:
+        r = posttrain["rlvr"]
+        lines.append(
+            f"- RLVR ({r['algorithm']}): {r['steps']} steps on {r['prompts']} prompts, mean verifiable "
+            f"reward {r['reward_first_quarter']:.2f} (first quarter of the steps) → "
+            f"{r['reward_last_quarter']:.2f} (last quarter)"
+        )
+    lines.append(f"- final model: {list(posttrain.values())[-1]['model']}")
+    if "rlvr" in posttrain:
+        plot = Path(posttrain["rlvr"]["model"]).parent / "rewards.png"
+        if plot.is_file():
+            lines += ["", f"![rewards]({plot.relative_to(out) if plot.is_relative_to(out) else plot})"]
+    return lines + [""]
+
+
+def write_report(
+    cfg,
+    out: Path,
+    stage1: dict,
+    anneals: list[dict],
+    soup: dict | None,
+    evals: dict,
+    posttrain: dict[str, dict] | None = None,
+) -> dict:
     seeds = list(cfg.anneal.seeds)
     s1_flops = _flops(stage1.get("run_dir"))
     anneal_flops = [_flops(a["run_dir"]) for a in anneals]
@@ -149,6 +188,8 @@ def write_report(cfg, out: Path, stage1: dict, anneals: list[dict], soup: dict |
         lines.append(f"- anneal seed {s}: {f:.3g} FLOPs")
     lines.append(f"- total, every stage and every anneal: {s1_flops + sum(anneal_flops):.3g} FLOPs")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p is not None]
+    if posttrain:
+        lines += [""] + _posttrain_lines(out, posttrain)
     lines += ["", "## Steps (in the order they finished)", ""]
     total = 0.0
     for marker in sorted((out / ".done").glob("*.json"), key=lambda p: (p.stat().st_mtime, p.stem)):
@@ -174,5 +215,7 @@ def write_report(cfg, out: Path, stage1: dict, anneals: list[dict], soup: dict |
     ]
     (out / "report.json").write_text(json.dumps(points, indent=2) + "\n")
     summary = {"report": str(out / "report.md"), "metrics": rows, "flops": flops}
+    if posttrain:
+        summary["posttrain"] = posttrain
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

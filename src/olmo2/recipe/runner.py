@@ -1,6 +1,7 @@
 """``olmo2 recipe RECIPE.yaml``: the OLMo 2 curriculum as one resumable pipeline (spec §5).
 
-    stage 1 ─▶ anneal × seeds (LR linear to 0 from the hand-off LR) ─▶ soup ─▶ eval of each ─▶ report
+    stage 1 ─▶ anneal × seeds (LR linear to 0 from the hand-off LR) ─▶ soup ─▶ eval of each
+            ─▶ (optional) SFT ─▶ DPO ─▶ RLVR from the soup (spec §6) ─▶ report
 
 Every step writes a marker (``OUT/.done/<step>.json``) when it completes and is skipped when its
 marker exists; a step killed half-way is simply run again, and training steps resume from their own
@@ -55,6 +56,22 @@ class RecipeEvalConfig:
 
 
 @dataclass
+class RecipePostTrainConfig:
+    """OLMo 2-Instruct in miniature (spec §6): each given stage runs, in the order SFT → DPO → RLVR, on
+    the previous one's output, the first on the soup (else the last anneal). The recipe sets each
+    stage config's ``model`` and ``out_dir`` (under ``OUT/posttrain/``) and, with ``demo_data``, its
+    ``data``: the offline files of ``olmo2 posttrain-data``, written to ``OUT/posttrain/data``."""
+
+    sft: str | None = None  # `olmo2 sft` config
+    dpo: str | None = None  # `olmo2 dpo` config
+    rlvr: str | None = None  # `olmo2 rlvr` config
+    demo_data: bool = False
+
+    def stages(self) -> list[tuple[str, str]]:
+        return [(name, getattr(self, name)) for name in ("sft", "dpo", "rlvr") if getattr(self, name)]
+
+
+@dataclass
 class RecipeConfig:
     name: str
     out: str
@@ -63,6 +80,7 @@ class RecipeConfig:
     soup: bool = True
     soup_weights: list[float] | None = None
     eval: RecipeEvalConfig = field(default_factory=RecipeEvalConfig)
+    posttrain: RecipePostTrainConfig | None = None
     demo_corpus: bool = False  # build the built-in demo corpus and expose it as ${OLMO2_DEMO_DATA}
     variables: dict[str, str] = field(default_factory=dict)  # data.variables for every training run
 
@@ -110,8 +128,24 @@ class Recipe:
         final = latest_checkpoint(save_folder)
         return {"checkpoint": str(final), "run_dir": str(save_folder), **summary}
 
+    def _posttrain_overrides(self, name: str, model: str) -> list[str]:
+        out = self.out / "posttrain"
+        extra = [f"model={model}", f"out_dir={out / name}"]
+        if self.cfg.posttrain and self.cfg.posttrain.demo_data:
+            extra.append(f"data={out / 'data' / f'{name}.jsonl'}")
+        return extra
+
+    def check_posttrain(self) -> None:
+        """Load every post-training config now, so a bad key fails before hours of pretraining."""
+        from olmo2.posttrain.common import stage_functions
+
+        for name, config in self.cfg.posttrain.stages() if self.cfg.posttrain else []:
+            load, _ = stage_functions(name)
+            load(config, self._posttrain_overrides(name, "soup"))
+
     # -- the steps -----------------------------------------------------------------------------
     def prepare(self) -> None:
+        self.check_posttrain()
         if self.cfg.demo_corpus:
             from olmo2.data.demo_corpus import build_demo_corpus
 
@@ -187,6 +221,30 @@ class Recipe:
 
         return self._step(f"eval-{name}", run)
 
+    def posttrain(self, start: str) -> dict[str, dict]:
+        from olmo2.posttrain.common import stage_functions
+
+        pt = self.cfg.posttrain
+        if pt is None or not pt.stages():
+            return {}
+        if pt.demo_data:
+            from olmo2.posttrain.demo_data import write_demo_data
+
+            def write() -> dict:
+                files = write_demo_data(self.out / "posttrain" / "data")
+                return {"files": {k: str(v) for k, v in files.items()}}
+
+            self._step("posttrain-data", write)
+        results, model = {}, start
+        for name, config in pt.stages():
+            load, train = stage_functions(name)
+            overrides = self._posttrain_overrides(name, model)
+            results[name] = self._step(
+                f"posttrain-{name}", lambda ld=load, tr=train, c=config, o=overrides: tr(ld(c, o))
+            )
+            model = results[name]["model"]
+        return results
+
     def run(self) -> dict:
         from olmo2.recipe.report import write_report
 
@@ -205,7 +263,8 @@ class Recipe:
         if soup is not None:
             checkpoints["soup"] = soup["checkpoint"]
         evals = {name: self.evaluate(name, ckpt) for name, ckpt in checkpoints.items()}
-        return write_report(self.cfg, self.out, s1, anneals, soup, evals)
+        posttrain = self.posttrain(list(checkpoints.values())[-1])
+        return write_report(self.cfg, self.out, s1, anneals, soup, evals, posttrain)
 
 
 def heldout_bpb(checkpoint: str, cfg: RecipeEvalConfig, variables: dict[str, str]) -> dict[str, dict]:
