@@ -1,9 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from olmo2.config import ConfigError, from_dict
 from olmo2.model.config import PRESETS, ModelConfig, preset
-from olmo2.model.transformer import build_model, count_params
+from olmo2.model.transformer import MLP, build_model, count_params
 
 # Spec §1.6, computed from the published shapes.
 SPEC_TOTAL = {"1b": 1_484_916_736, "7b": 7_298_617_344, "13b": 13_716_198_400, "32b": 32_234_279_936}
@@ -111,3 +112,29 @@ def test_qk_norm_spans_full_projection():
     model = build_model(preset("32b"), "meta")
     attn = model.model.layers[0].self_attn
     assert attn.q_norm.weight.shape == (40 * 128,) and attn.k_norm.weight.shape == (8 * 128,)
+
+
+def test_swiglu_backward_gradcheck_float64():
+    from olmo2.model.transformer import _SwiGLUDownFunction
+
+    g = torch.Generator().manual_seed(0)
+    gate, up = (torch.randn(2, 3, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in "gu")
+    weight = torch.randn(5, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_SwiGLUDownFunction.apply, (gate, up, weight))
+
+
+def test_mlp_keeps_two_hidden_sized_activations_for_backward():
+    """gate and up only; silu(gate) and the product are recomputed (they are the step's largest)."""
+    cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, mlp_hidden=48)
+    mlp = MLP(cfg)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        out = mlp(x)
+    assert sum(shape == (2, 5, 48) for shape in saved) == 2, saved
+    reference = mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    grads = torch.autograd.grad(out.square().sum(), [x, *mlp.parameters()])
+    ref_grads = torch.autograd.grad(reference.square().sum(), [x, *mlp.parameters()])
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b)

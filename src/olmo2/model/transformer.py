@@ -190,7 +190,37 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        if torch.is_grad_enabled():
+            return _SwiGLUDownFunction.apply(gate, up, self.down_proj.weight)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class _SwiGLUDownFunction(torch.autograd.Function):
+    """``down(silu(gate) · up)`` keeping only ``gate`` and ``up`` for the backward: autograd would also
+    keep ``silu(gate)`` and the product, two more [tokens, mlp_hidden] tensors per layer (the largest
+    activations of the step). The backward recomputes them, two elementwise passes."""
+
+    @staticmethod
+    def forward(ctx, gate, up, weight):
+        ctx.save_for_backward(gate, up, weight)
+        return F.linear(F.silu(gate) * up, weight)  # under autocast: the same casts as nn.Linear
+
+    @staticmethod
+    def backward(ctx, dy):
+        gate, up, weight = ctx.saved_tensors
+        sig = torch.sigmoid(gate)
+        act = gate * sig  # silu(gate)
+        d_weight = None
+        if ctx.needs_input_grad[2]:
+            prod = (act * up).to(dy.dtype).reshape(-1, up.shape[-1])
+            d_weight = (dy.reshape(-1, dy.shape[-1]).t() @ prod).to(weight.dtype)
+            del prod
+        d_prod = dy @ weight.to(dy.dtype)
+        d_up = act.mul_(d_prod).to(up.dtype)
+        # silu'(g) = σ(g)·(1 + g·(1 − σ(g)))
+        d_gate = (1 - sig).mul_(gate).add_(1).mul_(sig).mul_(up).mul_(d_prod).to(gate.dtype)
+        return d_gate, d_up, d_weight
 
 
 class Block(nn.Module):
