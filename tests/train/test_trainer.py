@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -163,6 +164,15 @@ def test_bad_config_fails_before_work(make_train_config, capsys, tmp_path):
     assert "unknown key optim.lrr (did you mean optim.lr" in capsys.readouterr().err
     assert main(["train", str(path), "data.mix=/nope.yaml"]) == 2
     assert "/nope.yaml" in capsys.readouterr().err
+    assert main(["train", str(path), "trainer.cpu_malloc_mmap_threshold_mib=64"]) == 2
+    assert "trainer.cpu_malloc_mmap_threshold_mib must be in [0, 32]" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_malloc_mmap_threshold_is_set_on_glibc():
+    from olmo2.train.distributed import set_malloc_mmap_threshold
+
+    assert set_malloc_mmap_threshold(4)
 
 
 def test_plot_writes_png(make_train_config, tmp_path, capsys):

@@ -27,6 +27,19 @@ class DistEnv:
         return self.rank == 0
 
 
+def set_malloc_mmap_threshold(mib: int) -> bool:
+    """Fix glibc's mmap threshold at ``mib`` MiB for this process; False where there is no glibc
+    ``mallopt`` (macOS, musl builds that ignore it) or it refuses the value."""
+    import ctypes
+
+    M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, mib * 1024 * 1024))
+
+
 def init_distributed(device: str = "auto") -> DistEnv:
     """Join the process group that ``torchrun`` describes (NCCL on CUDA, Gloo on CPU), if any."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -41,6 +41,7 @@ from olmo2.train.distributed import (
     init_distributed,
     parallelize,
     resolve_parallel,
+    set_malloc_mmap_threshold,
     unwrap,
 )
 from olmo2.train.loss import IGNORE_INDEX, shift_labels
@@ -199,6 +200,8 @@ def _check_same_model(checkpoint: Path, cfg: TrainConfig) -> None:
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training as configured; returns a summary of the run."""
     env = init_distributed(cfg.trainer.device)
+    if env.device.type == "cpu" and cfg.trainer.cpu_malloc_mmap_threshold_mib:
+        set_malloc_mmap_threshold(cfg.trainer.cpu_malloc_mmap_threshold_mib)
     save_folder = Path(cfg.trainer.save_folder)
     if env.is_main:
         save_folder.mkdir(parents=True, exist_ok=True)
