@@ -168,6 +168,19 @@ def test_bad_config_fails_before_work(make_train_config, capsys, tmp_path):
     assert "trainer.cpu_malloc_mmap_threshold_mib must be in [0, 32]" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mib", [0, 8])
+def test_cpu_run_sets_the_malloc_threshold_unless_zero(make_train_config, monkeypatch, mib):
+    calls = []
+    monkeypatch.setattr("olmo2.train.trainer.set_malloc_mmap_threshold", calls.append)
+    overrides = [
+        "trainer.max_steps=3",
+        "checkpoint.save_every=3",
+        f"trainer.cpu_malloc_mmap_threshold_mib={mib}",
+    ]
+    train(load_train_config(make_train_config(), overrides))
+    assert calls == ([mib] if mib else [])
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_malloc_mmap_threshold_is_set_on_glibc():
     from olmo2.train.distributed import set_malloc_mmap_threshold
