@@ -11,12 +11,13 @@ class Interrupted(Exception):
 
 @pytest.fixture
 def interrupt_at(monkeypatch):
-    """``interrupt_at(step, every_step=None)``: the ``step``-th call of ``train_step`` (counted over
-    all runs of the test) raises ``interrupt_at.error``, once; ``every_step()`` runs before each step."""
-    import olmo2.train.trainer as trainer_mod
+    """``interrupt_at(step, every_step=None)``: the ``step``-th call of the pretraining module's
+    ``train_step`` (counted over all runs of the test) raises ``interrupt_at.error``, once;
+    ``every_step()`` runs before each step."""
+    from olmo2.train.trainer import LMTrainModule
 
     def install(step: int, every_step=None) -> None:
-        real_step, calls = trainer_mod.train_step, [0]
+        real_step, calls = LMTrainModule.train_step, [0]
 
         def patched(*args, **kwargs):
             calls[0] += 1
@@ -26,7 +27,7 @@ def interrupt_at(monkeypatch):
                 raise Interrupted(f"interrupted at step {step}")
             return real_step(*args, **kwargs)
 
-        monkeypatch.setattr(trainer_mod, "train_step", patched)
+        monkeypatch.setattr(LMTrainModule, "train_step", patched)
 
     install.error = Interrupted
     return install

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import olmo2.train.checkpoint as checkpoint_mod
-import olmo2.train.trainer as trainer_mod
+import olmo2.train.components as components_mod
 from olmo2.model.checkpoint import read_state_dict
 from olmo2.train.checkpoint import latest_checkpoint
 from olmo2.train.config import load_train_config
@@ -41,7 +41,7 @@ def test_async_save_overlaps_training_and_resumes_exactly(
     # would time out); the export must still hold the weights of its own step.
     steps, target, trained_on = [0], [0], threading.Event()
     overlapped = []
-    real_save, real_export = trainer_mod.save_checkpoint, checkpoint_mod.save_state_dict
+    real_save, real_export = components_mod.save_checkpoint, checkpoint_mod.save_state_dict
 
     def on_step():
         steps[0] += 1
@@ -57,7 +57,7 @@ def test_async_save_overlaps_training_and_resumes_exactly(
         overlapped.append(trained_on.wait(timeout=30))
         return real_export(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", save)
+    monkeypatch.setattr(components_mod, "save_checkpoint", save)
     monkeypatch.setattr(checkpoint_mod, "save_state_dict", slow_export)
     interrupt_at(8, every_step=on_step)  # saves of steps 2, 4, 6 done, step 7 trained; resume from 6
     with pytest.raises(interrupt_at.error):

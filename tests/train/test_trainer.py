@@ -99,19 +99,19 @@ def test_sigkill_then_rerun_reproduces_the_uninterrupted_run(make_train_config, 
 
 def test_non_finite_steps_are_skipped_then_the_run_halts(make_train_config, tmp_path, monkeypatch):
     cfg = load_train_config(make_train_config(), ["trainer.max_steps=12", "checkpoint.save_every=3"])
-    import olmo2.train.trainer as trainer_mod
+    from olmo2.train.trainer import LMTrainModule
 
-    real_step = trainer_mod.train_step
+    real_step = LMTrainModule.train_step
 
-    def poisoned(model, *args, **kwargs):
+    def poisoned(module, *args, **kwargs):
         if poisoned.calls >= 4:  # from step 5 on, the weights are NaN
             with torch.no_grad():
-                next(model.parameters()).fill_(float("nan"))
+                next(module.model.parameters()).fill_(float("nan"))
         poisoned.calls += 1
-        return real_step(model, *args, **kwargs)
+        return real_step(module, *args, **kwargs)
 
     poisoned.calls = 0
-    monkeypatch.setattr(trainer_mod, "train_step", poisoned)
+    monkeypatch.setattr(LMTrainModule, "train_step", poisoned)
     with pytest.raises(
         TrainingHalted, match="stopped at step 7: 3 consecutive steps had a non-finite"
     ) as err:

@@ -2,9 +2,10 @@
 
 Layout::
 
-    step<N>/train/       model + optimizer, sharded with torch.distributed.checkpoint (every rank writes)
+    step<N>/train/       model + optimizer (and any other model of the stage, e.g. PPO's value model),
+                         sharded with torch.distributed.checkpoint (every rank writes)
     step<N>/model/       the model as an HF directory (model/checkpoint.py), if export_hf
-    step<N>/state.json   step, data-loader position, metrics offset
+    step<N>/state.json   step and the run's stateful parts by name: data position, spike windows, ...
     step<N>/rng-rank<R>.pt  RNG states per rank (loaded with weights_only=True)
     step<N>/COMPLETE     written last
 
@@ -124,20 +125,35 @@ def _complete(save_folder: Path, tmp: Path, final: Path, step: int, state_json: 
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _dcp_state(parts: dict) -> dict:
+    """The DCP state of ``{name: Part}``: ``model``/``optim`` for the main model (the layout of every
+    checkpoint so far), ``<name>``/``<name>_optim`` for others (e.g. PPO's ``value``)."""
+    state = {}
+    for name, part in parts.items():
+        optim_key = "optim" if name == "model" else f"{name}_optim"
+        if part.optimizer is None:
+            state[name] = get_model_state_dict(part.model)
+        else:
+            state[name], state[optim_key] = get_state_dict(part.model, part.optimizer)
+    return state
+
+
 def save_checkpoint(
     save_folder: Path,
     step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    parts: dict,
     state: dict,
     env: DistEnv,
     *,
     export_hf: bool = True,
+    write_extra_files: Callable[[Path], None] | None = None,
     keep_last: int = 0,
     async_save: bool = False,
     process_group=None,
 ) -> PendingCheckpoint:
-    """Write ``step<step>/`` atomically on all ranks.
+    """Write ``step<step>/`` atomically on all ranks: every ``Part`` in ``parts`` (``{name: Part}``;
+    ``"model"`` is exported as HF, with ``write_extra_files(model_dir)`` adding e.g. tokenizer files)
+    and the JSON ``state``.
 
     Synchronous by default (the returned handle is already complete). With ``async_save`` the model
     and optimizer state are copied to CPU memory here, and a background thread writes them
@@ -152,7 +168,8 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier()
     torch.save(_rng_state(), tmp / f"rng-rank{env.rank}.pt")
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model = parts["model"].model
+    train_state = _dcp_state(parts)
     hf_state = None
     if export_hf:
         hf_state = get_model_state_dict(
@@ -162,7 +179,7 @@ def save_checkpoint(
             hf_state = {k: v.detach().clone() for k, v in hf_state.items()}  # goes on updating
     model_config = unwrap(model).config
     state_json = json.dumps({"step": step, **state}, indent=2) + "\n"  # as of now, not when written
-    train_state, train_dir = {"model": model_sd, "optim": optim_sd}, str(tmp / "train")
+    train_dir = str(tmp / "train")
 
     def finish(upload: Future | None) -> None:
         if upload is not None:
@@ -170,6 +187,8 @@ def save_checkpoint(
         if env.is_main:
             if hf_state is not None:
                 save_state_dict(hf_state, model_config, tmp / "model")
+                if write_extra_files is not None:
+                    write_extra_files(tmp / "model")
             _complete(save_folder, tmp, final, step, state_json, keep_last)
 
     if async_save:
@@ -187,26 +206,24 @@ def read_train_state(path: Path) -> dict:
     return json.loads((path / "state.json").read_text())
 
 
-def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, env: DistEnv
-) -> dict:
-    """Restore model (+ optimizer and this rank's RNG) from ``path``; returns the saved train state."""
-    model_sd, optim_sd = (
-        get_state_dict(model, optimizer)
-        if optimizer is not None
-        else (
-            get_model_state_dict(model),
-            None,
-        )
-    )
-    to_load = {"model": model_sd} if optim_sd is None else {"model": model_sd, "optim": optim_sd}
+def load_checkpoint(path: Path, parts: dict, env: DistEnv, *, restore_rng: bool = True) -> dict:
+    """Restore every ``Part`` of ``parts`` (``{name: Part}``; a part without an optimizer loads its
+    weights only) and, with ``restore_rng``, this rank's RNG from ``path``; returns the saved state."""
+    to_load = _dcp_state(parts)
     dcp.load(to_load, checkpoint_id=str(path / "train"))
-    if optimizer is not None:
-        set_state_dict(model, optimizer, model_state_dict=to_load["model"], optim_state_dict=to_load["optim"])
-    else:
-        set_model_state_dict(model, to_load["model"])
+    for name, part in parts.items():
+        if part.optimizer is None:
+            set_model_state_dict(part.model, to_load[name])
+        else:
+            optim_key = "optim" if name == "model" else f"{name}_optim"
+            set_state_dict(
+                part.model,
+                part.optimizer,
+                model_state_dict=to_load[name],
+                optim_state_dict=to_load[optim_key],
+            )
     rng = path / f"rng-rank{env.rank}.pt"
-    if optimizer is not None and rng.is_file():
+    if restore_rng and rng.is_file():
         _set_rng_state(torch.load(rng, weights_only=True))
     return read_train_state(path)
 

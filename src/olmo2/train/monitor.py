@@ -121,19 +121,26 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def console_line(record: dict, total_steps: int, eta_seconds: float) -> str:
-    parts = [
-        f"step {record['step']}/{total_steps}",
-        f"loss {record['loss']:.4f}",
-        f"z {record['z_loss']:.2e}",
-        f"gnorm {record['grad_norm']:.3f}",
-        f"lr {record['lr']:.2e}",
-        f"{record['tokens_per_sec']:,.0f} tok/s",
-        f"mfu {100 * record['mfu']:.1f}%",
-        f"eta {format_duration(eta_seconds)}",
-    ]
+def console_line(record: dict, total_steps: int, eta_seconds: float, extra_keys: Sequence[str] = ()) -> str:
+    """One step's console line: loss (and z-loss), the stage's own ``extra_keys``, gradient norm, LR,
+    throughput, ETA; whichever of them the record has."""
+    parts = [f"step {record['step']}/{total_steps}"]
+    if "loss" in record:
+        parts.append(f"loss {record['loss']:.4f}")
+    if "z_loss" in record:
+        parts.append(f"z {record['z_loss']:.2e}")
+    parts += [f"{k} {record[k]:.4g}" for k in extra_keys if isinstance(record.get(k), (int, float))]
+    if "grad_norm" in record:
+        parts.append(f"gnorm {record['grad_norm']:.3f}")
+    if "lr" in record:
+        parts.append(f"lr {record['lr']:.2e}")
+    if "tokens_per_sec" in record:
+        parts.append(f"{record['tokens_per_sec']:,.0f} tok/s")
+    if "mfu" in record:
+        parts.append(f"mfu {100 * record['mfu']:.1f}%")
+    parts.append(f"eta {format_duration(eta_seconds)}")
     if record.get("skipped"):
-        parts.append("SKIPPED")
+        parts.append(f"SKIPPED ({record.get('skip_reason')})")
     return " | ".join(parts)
 
 
