@@ -111,7 +111,14 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], prefix + name)
+            value = data[name]
+            if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+                # A partial section changes only the keys it names: the rest keep this class's defaults
+                # for it (a post-training config's optim section has other defaults than pretraining's).
+                default = f.default_factory()
+                if dataclasses.is_dataclass(default):
+                    value = _merged(to_dict(default), value)
+            kwargs[name] = _coerce(value, hints[name], prefix + name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key {prefix}{name}")
     try:
@@ -121,6 +128,15 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             raise
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from e
     return obj
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = (
+            _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
 
 
 def to_dict(obj: Any) -> Any:

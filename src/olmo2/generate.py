@@ -149,13 +149,48 @@ def generate(
     *,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
+    row_seeds: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """The new tokens for each prompt (a stop token is included if generated; nothing after it).
 
     ``pad_token_id`` only fills the left padding, which is masked, so its value never matters;
     it defaults to ``eos_token_id`` or 0. Runs on the device of the model's parameters.
+    ``row_seeds`` (sampling only) gives each row its own random stream: a row's sample then depends
+    on its seed alone, not on the other rows of the batch, so rollouts split over ranks or batched
+    differently draw the same tokens (Gumbel-max with counter-based noise; ``config.seed`` is unused).
     """
-    return _generate(model, prompts, config, eos_token_id, pad_token_id)[0]
+    return _generate(model, prompts, config, eos_token_id, pad_token_id, row_seeds=row_seeds)[0]
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_GOLDEN, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shift_right(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch shifts arithmetically)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors (wrapping arithmetic): a well-mixed 64-bit hash."""
+    x = x + _GOLDEN
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+def _gumbel_noise(row_seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """Gumbel(0, 1) noise [B, vocab], a pure function of (row seed, step, token id)."""
+    base = _splitmix64(row_seeds * 1_000_003 + step)
+    bits = _splitmix64(base[:, None] + torch.arange(vocab, device=row_seeds.device)[None, :])
+    uniform = (_shift_right(bits, 11).double() + 0.5) * 2.0**-53  # in (0, 1)
+    return -torch.log(-torch.log(uniform)).float()
 
 
 @torch.inference_mode()
@@ -166,6 +201,7 @@ def _generate(
     eos_token_id: int | None,
     pad_token_id: int | None,
     keep_logits: bool = False,
+    row_seeds: Sequence[int] | None = None,
 ) -> tuple[list[list[int]], torch.Tensor | None]:
     """``generate``, optionally also returning each step's fp32 logits [B, steps, V] (for tests)."""
     config = config or GenerationConfig()
@@ -187,7 +223,13 @@ def _generate(
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device) if stop_ids else None
     check_every = config.check_every or (1 if device.type == "cpu" else 8)
     gen = None
-    if config.do_sample and config.seed is not None:
+    if row_seeds is not None:
+        if len(row_seeds) != len(prompts):
+            raise ValueError(f"row_seeds has {len(row_seeds)} seeds for {len(prompts)} prompts")
+        seeds = (
+            torch.tensor([s & _MASK64 for s in row_seeds], dtype=torch.uint64).view(torch.int64).to(device)
+        )
+    elif config.do_sample and config.seed is not None:
         gen = torch.Generator(device=device)
         gen.manual_seed(config.seed)
 
@@ -223,7 +265,10 @@ def _generate(
             all_logits[:, step] = logits
         if config.do_sample:
             scores = filter_logits(logits, config.temperature, config.top_k, config.top_p)
-            tok = torch.multinomial(scores.softmax(dim=-1), 1, generator=gen).squeeze(1)
+            if row_seeds is not None:
+                tok = (scores + _gumbel_noise(seeds, step, scores.shape[-1])).argmax(dim=-1)
+            else:
+                tok = torch.multinomial(scores.softmax(dim=-1), 1, generator=gen).squeeze(1)
         else:
             tok = logits.argmax(dim=-1)
         out[:, step] = tok

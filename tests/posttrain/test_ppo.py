@@ -26,7 +26,7 @@ REQUIRED = ["model=m", "data=d.jsonl"]
 
 
 def _spec(cfg) -> tuple:
-    return (cfg.lr, cfg.schedule, cfg.beta, cfg.kl_estimator, cfg.group_size, cfg.no_eos_penalty)
+    return (cfg.optim.lr, cfg.schedule.name, cfg.beta, cfg.kl_estimator, cfg.group_size, cfg.no_eos_penalty)
 
 
 def test_algorithm_defaults_follow_the_spec_and_explicit_values_win():
@@ -36,15 +36,23 @@ def test_algorithm_defaults_follow_the_spec_and_explicit_values_win():
     ppo = load_rlvr_config(None, [*REQUIRED, "algorithm=ppo"])
     assert _spec(ppo) == (4e-7, "linear", 0.05, "k1", 1, -10.0)  # §6.4 Tab 18 (7B)
     assert (ppo.ppo_epochs, ppo.num_mini_batches, ppo.gamma, ppo.lam) == (4, 1, 1.0, 0.95)
-    assert (ppo.vf_coef, ppo.clip_eps, ppo.value_clip_eps, ppo.grad_clip, ppo.warmup_ratio) == (
+    assert (
+        ppo.vf_coef,
+        ppo.clip_eps,
+        ppo.value_clip_eps,
+        ppo.optim.grad_clip,
+        ppo.schedule.warmup_ratio,
+    ) == (
         0.1,
         0.2,
         0.2,
         1.0,
         0.0,
     )
-    mine = load_rlvr_config(None, [*REQUIRED, "algorithm=ppo", "beta=0.1", "no_eos_penalty=null", "lr=3e-7"])
-    assert (mine.beta, mine.no_eos_penalty, mine.lr, mine.schedule) == (0.1, None, 3e-7, "linear")
+    mine = load_rlvr_config(
+        None, [*REQUIRED, "algorithm=ppo", "beta=0.1", "no_eos_penalty=null", "optim.lr=3e-7"]
+    )
+    assert (mine.beta, mine.no_eos_penalty, mine.optim.lr, mine.schedule.name) == (0.1, None, 3e-7, "linear")
     # config.yaml (to_dict after defaults are resolved) loads back to the same config
     assert from_dict(type(ppo), to_dict(ppo)) == ppo
     assert from_dict(type(grpo), to_dict(grpo)) == grpo

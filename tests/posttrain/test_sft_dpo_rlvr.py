@@ -53,8 +53,8 @@ def digits_sft(tmp_path_factory, base):
     data = _jsonl(tmp / "digits.jsonl", rows)
     cfg = load_sft_config(
         None,
-        [f"model={base}", f"data={data}", f"out_dir={tmp / 'run'}", "lr=3e-2", "epochs=16"]
-        + ["batch_size=20", "micro_batch_size=20", "max_seq_len=64", "warmup_ratio=0.0"],
+        [f"model={base}", f"data={data}", f"out_dir={tmp / 'run'}", "optim.lr=3e-2", "epochs=16"]
+        + ["batch_size=20", "micro_batch_size=20", "max_seq_len=64", "schedule.warmup_ratio=0.0"],
     )
     summary = train_sft(cfg)
     return tmp / "run", summary, rows
@@ -81,7 +81,7 @@ def test_sft_packing_matches_target_count(tmp_path, base, tok):
     cfg = load_sft_config(
         None,
         [f"model={base}", f"data={data}", f"out_dir={tmp_path / 'run'}", "packing=true", "max_seq_len=64"]
-        + ["batch_size=2", "micro_batch_size=1", "epochs=1", "loss_reduction=mean"],
+        + ["batch_size=1", "micro_batch_size=1", "epochs=1", "loss_reduction=mean"],
     )
     train_sft(cfg)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -111,8 +111,8 @@ def test_dpo_margin_and_accuracy_rise_reference_cached(tmp_path, base):
         for a in range(1, 9)
     ]
     data = _jsonl(tmp_path / "pairs.jsonl", rows)
-    args = [f"model={base}", f"data={data}", f"out_dir={tmp_path / 'run'}", "lr=2e-3", "epochs=6"]
-    args += ["batch_size=8", "micro_batch_size=4", "max_seq_len=64", "warmup_ratio=0.0"]
+    args = [f"model={base}", f"data={data}", f"out_dir={tmp_path / 'run'}", "optim.lr=2e-3", "epochs=6"]
+    args += ["batch_size=8", "micro_batch_size=4", "max_seq_len=64", "schedule.warmup_ratio=0.0"]
     summary = train_dpo(load_dpo_config(None, args))
     assert summary["reference_cache"] == "computed"
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -143,7 +143,7 @@ def _train_digit_rl(digits_sft, out, *overrides) -> tuple[dict, list[dict], floa
 
 def test_rlvr_mean_reward_rises(digits_sft, tmp_path):
     summary, records, seconds = _train_digit_rl(
-        digits_sft, tmp_path / "rl", "lr=1e-3", "steps=24", "beta=0.01"
+        digits_sft, tmp_path / "rl", "optim.lr=1e-3", "steps=24", "beta=0.01"
     )
     assert all({"reward_mean", "kl"} <= set(r) for r in records)
     assert summary["reward_last_quarter"] > summary["reward_first_quarter"] + 2.0, summary
@@ -158,8 +158,8 @@ def test_ppo_mean_reward_rises(digits_sft, tmp_path):
         digits_sft,
         tmp_path / "ppo",
         "algorithm=ppo",
-        "lr=2e-3",
-        "schedule=constant",
+        "optim.lr=2e-3",
+        "schedule.name=constant",
         "steps=12",
         "ppo_epochs=2",
     )

@@ -295,20 +295,37 @@ class Olmo2(nn.Module):
         z_loss_multiplier: float = 0.0,
         loss_normalizer: float | torch.Tensor | None = None,
         loss_chunk_size: int | None = 512,
+        targets_only: bool = False,
+        target_logps: bool = False,
+        temperature: float = 1.0,
         **kwargs,
     ):
-        """Logits [B, T, embedding_size]; or, given ``labels`` (-100 = ignore), the loss as a
-        ``LossOutput``, computed from the hidden states in chunks so the full fp32 logits never exist.
-        The loss lives here (as in OLMo-core's LM head) so FSDP's forward hooks cover the LM head."""
+        """Logits [B, T, embedding_size]; or, given ``labels`` (the next token at each position,
+        -100 = ignore), the loss as a ``LossOutput``, computed from the hidden states in chunks so the
+        full fp32 logits never exist; ``targets_only`` sends only labelled positions to the LM head
+        (SFT: prompts cost no vocabulary-sized matmul). ``target_logps`` returns instead the log-probs
+        [B, T] of the labels under softmax(logits / ``temperature``) and their mask (DPO, RLVR).
+        Losses live here (as in OLMo-core's LM head) so FSDP's forward hooks cover the LM head."""
+        from olmo2.train.loss import IGNORE_INDEX, lm_loss
+
         hidden = self.hidden_states(input_ids, **kwargs)
         if labels is None:
             return self.lm_head(hidden)
-        from olmo2.train.loss import lm_loss
-
+        if target_logps or targets_only:
+            mask = labels != IGNORE_INDEX
+            hidden, picked_labels = hidden[mask], labels[mask]
+        if target_logps:
+            logits = self.lm_head(hidden).float()
+            if temperature != 1.0:
+                logits = logits / temperature
+            picked = logits.gather(-1, picked_labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+            out = torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device)
+            out[mask] = picked
+            return out, mask
         return lm_loss(
             hidden,
             self.lm_head.weight,
-            labels,
+            picked_labels if targets_only else labels,
             z_loss_multiplier=z_loss_multiplier,
             chunk_size=loss_chunk_size,
             normalizer=loss_normalizer,

@@ -1,68 +1,114 @@
-"""What SFT, DPO and RLVR share: the run config fields, model/tokenizer setup, one training loop
-(LR schedule, grad clipping, ``metrics.jsonl``), response log-probs without full logits, the final
-HF-format save, ``olmo2 chat`` and the reward plot.
+"""What SFT, DPO and RLVR share: the config sections, the run set-up on the training engine (ranks,
+tokenizer, precision, the policy sharded like pretraining's model), global batches over epochs that
+resume by step, the final HF-format save, ``olmo2 chat`` and the reward plot.
 
-One loop serves all three trainers so they differ only in how a step turns items into a loss.
-Single process (one CPU or one GPU); no FSDP here.
+Every stage is a ``TrainModule`` (``olmo2.train.engine``) driven by the same ``Trainer`` as
+pretraining: one command on one CPU or under ``torchrun`` with FSDP2/HSDP/DDP, checkpoints every
+``checkpoint.save_every`` steps and an exact resume after a kill.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
+import os
 import random
+import shutil
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, TypeVar
 
 import torch
+import yaml
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from olmo2.config import to_dict
-from olmo2.train.loss import IGNORE_INDEX, shift_labels
-from olmo2.train.monitor import MetricsLog, log
-from olmo2.train.optim import OptimConfig, build_optimizer
-from olmo2.train.schedule import ScheduleConfig, lr_factor
+from olmo2.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
+from olmo2.model.checkpoint import load_model, save_state_dict
+from olmo2.posttrain.chat import write_hf_chat_files
+from olmo2.tokenizer import load_tokenizer
+from olmo2.train.components import Checkpointer, GarbageCollection, MetricsWriter
+from olmo2.train.config import CheckpointConfig, RunConfig
+from olmo2.train.distributed import (
+    DistEnv,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    resolve_parallel,
+    set_malloc_mmap_threshold,
+    unwrap,
+)
+from olmo2.train.engine import SpikeGuard, Trainer, TrainModule, log_main, rank_slice
+from olmo2.train.monitor import read_metrics
+from olmo2.train.optim import OptimConfig
+from olmo2.train.runtime import build_parallel_model, choose_precision
+from olmo2.train.schedule import ScheduleConfig
+
+T = TypeVar("T")
 
 __all__ = [
+    "GlobalBatches",
     "PostTrainConfig",
-    "StepOptimizer",
+    "StageRun",
     "add_cli_commands",
-    "batched",
     "chat",
+    "fit_stage",
+    "load_posttrain_config",
+    "load_policy",
     "plot_rewards",
     "resolve_device",
-    "run_steps",
     "save_final",
-    "setup",
-    "token_logps",
-    "train_loop",
+    "stage_run",
 ]
+
+# Keys of the single-process post-training configs before they ran on the training engine.
+RENAMED_KEYS = {
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "grad_clip": "optim.grad_clip",
+    "warmup_ratio": "schedule.warmup_ratio",
+    "device": "trainer.device",
+    "precision": "trainer.precision",
+    "log_every": "trainer.log_every",
+}
+
+
+def posttrain_optim(lr: float) -> OptimConfig:
+    """AdamW as open-instruct runs it: HF's β (0.9, 0.999), no weight decay, clip at 1."""
+    return OptimConfig(lr=lr, betas=(0.9, 0.999), weight_decay=0.0, grad_clip=1.0)
+
+
+def posttrain_schedule(warmup_ratio: float, name: str = "linear") -> ScheduleConfig:
+    """Tülu 3's schedule: warmup over a fraction of the run, then linear to 0 (or constant)."""
+    return ScheduleConfig(name=name, warmup_ratio=warmup_ratio, alpha_f=0.0)
 
 
 @dataclass
 class PostTrainConfig:
-    """Fields every post-training run has; the trainers subclass it with their own defaults."""
+    """Fields every post-training run has; the stages subclass it with their own defaults.
+
+    ``optim``, ``schedule``, ``trainer`` (device, precision, parallelism, spikes, ...) and
+    ``checkpoint`` are the sections pretraining has, read by the same code.
+    """
 
     model: str = ""  # input checkpoint directory (HF format, e.g. from `olmo2 model init` or a prior stage)
     data: str | list[str] = field(default_factory=list)  # JSONL file(s)
     out_dir: str = "runs/posttrain"
     tokenizer: str | None = None  # default: the pinned dolma2 tokenizer
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast on CUDA; weights stay fp32
-    lr: float = 1e-5
-    schedule: Literal["linear", "constant"] = "linear"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # <= 0: off
     epochs: int = 1
-    batch_size: int = 8  # items per optimizer step
-    micro_batch_size: int = 8  # items per forward/backward
+    batch_size: int = 8  # items per optimizer step, over all ranks
+    micro_batch_size: int = 8  # items per forward/backward on one rank
     max_steps: int | None = None  # cap on optimizer steps (demos, tests)
-    log_every: int = 1  # console line every N steps (metrics.jsonl gets every step)
+    strict: bool = False  # a bad data record is an error naming its file:line (default: counted, skipped)
+    optim: OptimConfig = field(default_factory=lambda: posttrain_optim(1e-5))
+    schedule: ScheduleConfig = field(default_factory=lambda: posttrain_schedule(0.03))
+    trainer: RunConfig = field(default_factory=RunConfig)
+    checkpoint: CheckpointConfig = field(
+        default_factory=lambda: CheckpointConfig(save_every=500, keep_last=2)
+    )
 
     def __post_init__(self) -> None:
         self.data = [self.data] if isinstance(self.data, str) else list(self.data)
@@ -70,15 +116,38 @@ class PostTrainConfig:
             raise ValueError("model: an input checkpoint directory is required")
         if not self.data:
             raise ValueError("data: at least one JSONL file is required")
-        if self.batch_size < 1 or self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size:
+        if self.batch_size < 1 or self.micro_batch_size < 1:
             raise ValueError(
-                f"batch_size ({self.batch_size}) must be a positive multiple of micro_batch_size "
-                f"({self.micro_batch_size})"
+                f"batch_size ({self.batch_size}) and micro_batch_size ({self.micro_batch_size}) must be >= 1"
             )
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.lr <= 0 or self.epochs < 1:
-            raise ValueError("lr must be > 0 and epochs >= 1")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or null), got {self.max_steps}")
+
+
+def load_posttrain_config(
+    cls: type[T],
+    path=None,
+    overrides: list[str] | None = None,
+    defaults: Callable[[dict], None] | None = None,
+) -> T:
+    """Load a stage's config from YAML plus ``key.sub=value`` overrides; ``defaults(data)`` may fill
+    in keys whose default depends on others (RLVR's algorithm). Keys of the old flat layout fail with
+    the key that replaced them."""
+    data = apply_overrides(read_yaml(path), overrides or [])
+    where = f"{path}: " if path is not None else ""
+    for old, new in RENAMED_KEYS.items():
+        if old in data:
+            raise ConfigError(f"{where}{old} is now {new} (post-training shares pretraining's sections)")
+    if isinstance(data.get("schedule"), str):
+        raise ConfigError(f"{where}schedule: {data['schedule']!r} is now schedule.name")
+    if defaults is not None:
+        defaults(data)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,170 +156,174 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def setup(cfg: PostTrainConfig):
-    """Seed everything, load the tokenizer and the model (fp32, train mode) on the configured device."""
-    from olmo2.model.checkpoint import load_model
-    from olmo2.tokenizer import load_tokenizer
+class GlobalBatches:
+    """Global batches of ``batch_size`` item indices, epoch after epoch, and this rank's share of each.
 
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    tok = load_tokenizer(cfg.tokenizer)
-    model = load_model(cfg.model, device=device, dtype=torch.float32).train()
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    import yaml
-
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return model, tok, device
-
-
-def batched(items: Sequence, size: int) -> list[list]:
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
-
-
-def autocast(cfg: PostTrainConfig, device: torch.device):
-    enabled = cfg.precision == "bf16" and device.type == "cuda"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def token_logps(
-    model, input_ids: torch.Tensor, labels: torch.Tensor, *, temperature: float = 1.0, **kwargs
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs [B, T] of the labelled tokens (HF-aligned ``labels``, -100 = none) and their mask.
-
-    Only labelled positions go through the LM head, so the [B, T, vocab] logits never exist: with a
-    100k vocabulary that is what makes DPO/GRPO fit on a small machine.
-    """
-    hidden = model.hidden_states(input_ids, **kwargs)
-    targets = shift_labels(labels)
-    mask = targets != IGNORE_INDEX
-    logits = model.lm_head(hidden[mask]).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    picked = logits.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-    out = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device)
-    out[mask] = picked
-    return out, mask
-
-
-class StepOptimizer:
-    """AdamW, the LR schedule and gradient clipping for one model over ``total`` optimizer steps.
-
-    The schedule is linear (to 0 after the last step, HF-style, so the last step still learns) or
-    constant, after ``warmup_ratio`` × steps of linear warmup. AdamW uses HF's defaults (β 0.9/0.999)
-    as open-instruct does; weight decay applies to every parameter but the input embedding.
+    Each epoch is a permutation seeded with ``seed + epoch``; its last partial batch is dropped, so every
+    step weighs the same and every rank gets an equal share. The state is the step alone: a resumed run
+    reads exactly what the uninterrupted one would have. ``epochs=None`` cycles forever (RLVR prompts).
     """
 
-    def __init__(self, cfg: PostTrainConfig, model, total: int, *, lr: float | None = None):
-        self.lr, self.total = cfg.lr if lr is None else lr, total
-        self.opt = build_optimizer(
-            model,
-            OptimConfig(
-                lr=self.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip
-            ),
-        )
-        self.sched = ScheduleConfig(
-            name=cfg.schedule, warmup_steps=int(total * cfg.warmup_ratio), alpha_f=0.0, t_max=None
-        )
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    def __init__(
+        self,
+        n_items: int,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        what: str = "items",
+    ):
+        if n_items < batch_size:
+            raise ValueError(f"batch_size ({batch_size}) exceeds the {n_items} usable {what}")
+        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.steps_per_epoch = n_items // batch_size
+        self.step = 0
+        self._order: tuple[int, list[int]] = (-1, [])
 
-    def begin(self, step: int) -> float:
-        """Zero the gradients and set the LR of optimizer step ``step`` (1-based); return that LR."""
-        lr = self.lr * lr_factor(self.sched, step, self.total + 1)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        self.opt.zero_grad(set_to_none=True)
-        return lr
+    def global_batch(self, step: int) -> list[int]:
+        """The item indices of optimizer step ``step`` (1-based), over all ranks."""
+        epoch, k = divmod(step - 1, self.steps_per_epoch)
+        if self._order[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            self._order = (epoch, torch.randperm(self.n_items, generator=gen).tolist())
+        return self._order[1][k * self.batch_size : (k + 1) * self.batch_size]
 
-    def step(self) -> float:
-        """Clip the gradients, step; return the gradient norm before clipping."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
-        self.opt.step()
-        return float(grad_norm)
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            self.step += 1
+            yield rank_slice(self.global_batch(self.step), self.rank, self.world_size)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
 
 
-def run_steps(
-    cfg: PostTrainConfig, steps: Sequence, step_fn: Callable[[object, int], dict], *, out_dir: Path
-) -> list[dict]:
-    """Call ``step_fn(item, step)`` for each element of ``steps``; write each returned record (plus
-    ``step`` and ``step_time``) to ``metrics.jsonl`` and every ``log_every`` steps to the console."""
-    total = len(steps)
-    metrics = MetricsLog(out_dir / "metrics.jsonl")
-    records = []
+@dataclass
+class StageRun:
+    """What every post-training stage sets up alike: ranks, tokenizer, precision, the run folder."""
+
+    cfg: PostTrainConfig
+    env: DistEnv
+    tok: Any
+    dtype: torch.dtype
+    peak_flops: float
+    out: Path
+
+    def log(self, message: str) -> None:
+        log_main(self.env, message)
+
+    def write_json(self, name: str, obj) -> None:
+        if self.env.is_main:
+            (self.out / name).write_text(json.dumps(obj, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def stage_run(cfg: PostTrainConfig) -> Iterator[StageRun]:
+    """Join the ranks (``torchrun``) or run alone, seed, load the tokenizer, choose the precision,
+    write ``config.yaml``; leave the process group when done."""
+    env = init_distributed(cfg.trainer.device)
     try:
-        for step, item in enumerate(steps, 1):
-            t0 = time.perf_counter()
-            record = {"step": step, **step_fn(item, step)}
-            record["step_time"] = time.perf_counter() - t0
-            metrics.write(record)
-            records.append(record)
-            if step % cfg.log_every == 0 or step == total:
-                shown = " ".join(
-                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in record.items()
-                    if k != "step"
-                )
-                log(f"step {step}/{total} {shown}")
+        if env.device.type == "cpu" and cfg.trainer.cpu_malloc_mmap_threshold_mib:
+            set_malloc_mmap_threshold(cfg.trainer.cpu_malloc_mmap_threshold_mib)
+        if cfg.batch_size % env.world_size:
+            raise ValueError(
+                f"batch_size ({cfg.batch_size}) must be divisible by the number of ranks launched "
+                f"({env.world_size})"
+            )
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        tok = load_tokenizer(cfg.tokenizer)
+        dtype, peak = choose_precision(cfg.trainer.precision, env.device)
+        out = Path(cfg.out_dir)
+        if env.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        barrier()
+        yield StageRun(cfg, env, tok, dtype, peak, out)
     finally:
-        metrics.close()
-    return records
+        barrier()
+        if env.owns_process_group:
+            torch.distributed.destroy_process_group()
 
 
-def train_loop(
-    cfg: PostTrainConfig,
-    model,
-    steps: Sequence,
-    step_fn: Callable[[object, int], dict],
-    *,
-    out_dir: Path,
-) -> list[dict]:
-    """Run one optimizer step (``StepOptimizer``) per element of ``steps``; ``step_fn(item, step)``
-    does the forward and backward passes (gradients summed over its micro-batches) and returns the
-    step's metrics."""
-    optim = StepOptimizer(cfg, model, len(steps))
-
-    def one_step(item, step: int) -> dict:
-        lr = optim.begin(step)
-        model.train()
-        record = step_fn(item, step)
-        return {**record, "lr": lr, "grad_norm": optim.step()}
-
-    return run_steps(cfg, steps, one_step, out_dir=out_dir)
-
-
-def n_steps(n_items: int, cfg: PostTrainConfig) -> int:
-    per_epoch = math.ceil(n_items / cfg.batch_size)
-    total = per_epoch * cfg.epochs
-    return min(total, cfg.max_steps) if cfg.max_steps else total
+def load_policy(run: StageRun, *, frozen: bool = False) -> nn.Module:
+    """The input checkpoint in fp32 on this rank's device, sharded or replicated as ``trainer.parallel``
+    says; ``frozen`` (a reference model): no gradients, no activation checkpointing or compile."""
+    cfg = run.cfg.trainer
+    model = load_model(run.cfg.model, device=run.env.device, dtype=torch.float32)
+    parallel = resolve_parallel(cfg.parallel, run.env.world_size)
+    if frozen:
+        model.requires_grad_(False)
+        parallel = "none" if parallel == "ddp" else parallel  # DDP replicates gradients; a copy will do
+    model = build_parallel_model(
+        model,
+        env=run.env,
+        dtype=run.dtype,
+        parallel=parallel,
+        hsdp_replicas=cfg.hsdp_replicas,
+        activation_checkpointing=cfg.activation_checkpointing and not frozen,
+        compile=cfg.compile and not frozen,
+    )
+    return model.eval() if frozen else model
 
 
-def epoch_batches(items: Sequence, cfg: PostTrainConfig) -> list[list]:
-    """Global batches over ``epochs`` passes, reshuffled each epoch with ``seed + epoch``."""
-    out = []
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        out += batched([items[i] for i in order.tolist()], cfg.batch_size)
-    return out[: n_steps(len(items), cfg)]
+def fit_stage(run: StageRun, module: TrainModule, data: GlobalBatches, total_steps: int) -> list[dict]:
+    """Train ``module`` on the engine (resuming from ``out_dir``'s latest checkpoint), save the final
+    model to ``out_dir/model``; return the run's metrics records (on every rank)."""
+    cfg, env = run.cfg, run.env
+    spikes = cfg.trainer.spikes
+    trainer = Trainer(
+        module,
+        data,
+        total_steps,
+        env,
+        components=[
+            MetricsWriter(
+                run.out / "metrics.jsonl",
+                env,
+                log_every=cfg.trainer.log_every,
+                header=lambda t: (
+                    f"{type(module).__name__}: {run.out} | {t.origin} | steps {t.step}->{t.total_steps} | "
+                    f"{env.world_size} rank(s), {resolve_parallel(cfg.trainer.parallel, env.world_size)}, "
+                    f"{env.device.type}, {str(run.dtype).removeprefix('torch.')}"
+                ),
+            ),
+            GarbageCollection(cfg.trainer.gc_every),
+        ],
+        checkpointer=Checkpointer(
+            run.out,
+            cfg.checkpoint,
+            env,
+            write_extra_files=lambda model_dir: write_hf_chat_files(run.tok, model_dir),
+        ),
+        guard=SpikeGuard(spikes.window, spikes.sigmas, spikes.min_count, spikes.skip_spikes),
+        max_consecutive_skips=spikes.max_consecutive_skips,
+        on_fresh_start=lambda: f"from {cfg.model}",
+    )
+    trainer.fit()
+    save_final(module.parts()["model"].model, run.tok, run.out, env)
+    return broadcast_object(read_metrics(run.out) if env.is_main else None)
 
 
-def save_final(model, tok, out_dir: Path) -> Path:
+def save_final(model: nn.Module, tok, out_dir: Path, env: DistEnv | None = None) -> Path:
     """``out_dir/model``: the HF checkpoint plus tokenizer files with the chat template, so the result
     loads with ``olmo2 chat``, ``AutoModelForCausalLM`` and ``apply_chat_template`` alike. A rerun in
-    the same ``out_dir`` replaces the previous ``model/`` once the new one is fully written."""
-    import shutil
-
-    from olmo2.model.checkpoint import save_model
-    from olmo2.posttrain.chat import write_hf_chat_files
-
+    the same ``out_dir`` replaces the previous ``model/`` once the new one is fully written. A sharded
+    model is gathered (every rank calls this; rank 0 writes)."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     final, tmp = out_dir / "model", out_dir / "model.new"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
-    write_hf_chat_files(tok, tmp)
-    if final.exists():  # a rerun in the same out_dir replaces its own previous result
-        shutil.rmtree(final)
-    tmp.rename(final)
+    if env is None or env.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_state_dict(state, unwrap(model).config, tmp)
+        write_hf_chat_files(tok, tmp)
+        if final.exists():  # a rerun in the same out_dir replaces its own previous result
+            shutil.rmtree(final)
+        tmp.rename(final)
+    barrier()
     return final
 
 
@@ -357,10 +430,6 @@ def _run_config(run_dir: str | Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
 # ------------------------------------------------------------------------------------- CLI
 
 
@@ -381,7 +450,9 @@ def _run_stage(args) -> None:
     if args.dry_run:
         print(json.dumps(to_dict(cfg), indent=2))
         return
-    print(json.dumps(train(cfg)))
+    summary = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the same summary
+        print(json.dumps(summary))
 
 
 def _run_chat(args) -> None:

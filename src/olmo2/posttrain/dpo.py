@@ -1,46 +1,52 @@
 """``olmo2 dpo CONFIG``: preference tuning, length-normalised DPO with β = 5 by default (spec §6.3).
 
 The reference policy is the initial model, frozen; its log-probs of every chosen and rejected response
-are computed once before training (the policy *is* the reference then, so no second copy is kept) and
-cached in memory and in ``OUT_DIR/reference_logps.pt``. A rerun with the same model, data and length
-reuses that file instead of recomputing.
+are computed once before training (the policy *is* the reference then, so no second copy is kept; the
+ranks split the pairs) and cached in memory and in ``OUT_DIR/reference_logps.pt``. A rerun with the
+same model, data and length reuses that file instead of recomputing, and so does a resumed run.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from olmo2.config import load_config
 from olmo2.posttrain.common import (
+    GlobalBatches,
     PostTrainConfig,
-    autocast,
-    batched,
-    epoch_batches,
-    save_final,
-    setup,
-    token_logps,
-    train_loop,
-    write_json,
+    StageRun,
+    fit_stage,
+    load_policy,
+    load_posttrain_config,
+    posttrain_optim,
+    posttrain_schedule,
+    stage_run,
 )
 from olmo2.posttrain.data import PreferenceExample, collate, load_preferences
 from olmo2.posttrain.losses import dpo_loss
-from olmo2.train.monitor import log
+from olmo2.train.distributed import all_gather_cat, all_reduce_sum, broadcast_object
+from olmo2.train.engine import Part, ScheduledOptimizer, SpikeGuard, TrainModule, apply_update, chunks
+from olmo2.train.loss import shift_labels
+from olmo2.train.monitor import flops_per_token
+from olmo2.train.optim import OptimConfig
+from olmo2.train.runtime import autocast, sync_gradients
+from olmo2.train.schedule import ScheduleConfig
 
-__all__ = ["DPOConfig", "load_dpo_config", "reference_logps", "train_dpo"]
+__all__ = ["DPOConfig", "DPOModule", "load_dpo_config", "train_dpo"]
 
 
 @dataclass
 class DPOConfig(PostTrainConfig):
-    """Defaults follow spec §6.3: 1 epoch, 2048 tokens, batch 128, linear LR, 10% warmup."""
+    """Defaults follow spec §6.3: 1 epoch, 2048 tokens, batch 128, linear LR, 10% warmup, the 7B's LR."""
 
     out_dir: str = "runs/dpo"
-    lr: float = 5e-7
-    warmup_ratio: float = 0.1
+    optim: OptimConfig = field(default_factory=lambda: posttrain_optim(1e-6))
+    schedule: ScheduleConfig = field(default_factory=lambda: posttrain_schedule(0.1))
     max_seq_len: int = 2048
     batch_size: int = 128
     micro_batch_size: int = 2  # pairs per forward (each pair is two sequences)
@@ -51,29 +57,36 @@ class DPOConfig(PostTrainConfig):
 
 
 def load_dpo_config(path=None, overrides: list[str] | None = None) -> DPOConfig:
-    return load_config(DPOConfig, path, overrides)
+    return load_posttrain_config(DPOConfig, path, overrides)
 
 
-def _pair_logps(model, pairs: list[PreferenceExample], device, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_logps(model, pairs: list[PreferenceExample], run: StageRun) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs [2, b] (chosen row, rejected row) and token counts [2, b]."""
     b = collate([p.chosen for p in pairs] + [p.rejected for p in pairs])
-    with autocast(cfg, device):
-        logps, mask = token_logps(model, b.input_ids.to(device), b.labels.to(device))
+    device = run.env.device
+    with autocast(device, run.dtype):
+        logps, mask = model(
+            b.input_ids.to(device), labels=shift_labels(b.labels).to(device), target_logps=True
+        )
     return logps.sum(-1).view(2, -1), mask.sum(-1).view(2, -1)
 
 
 @torch.no_grad()
-def reference_logps(model, pairs: list[PreferenceExample], device, cfg: DPOConfig) -> dict[str, torch.Tensor]:
-    """The frozen model's summed log-probs of each pair's responses, in data order (on CPU)."""
+def reference_logps(model, pairs: list[PreferenceExample], run: StageRun) -> dict[str, torch.Tensor]:
+    """The frozen model's summed log-probs of each pair's responses, in data order (on CPU); the
+    pairs are split over the ranks (equal shares, the last padded) and the results gathered."""
+    env = run.env
+    per_rank = math.ceil(len(pairs) / env.world_size)
+    mine = [min(i, len(pairs) - 1) for i in range(env.rank * per_rank, (env.rank + 1) * per_rank)]
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
-    for mb in batched(pairs, cfg.micro_batch_size):
-        s, _ = _pair_logps(model, mb, device, cfg)
-        chosen.append(s[0].float().cpu())
-        rejected.append(s[1].float().cpu())
+    parts = [
+        _pair_logps(model, [pairs[i] for i in mb], run)[0].float()
+        for mb in chunks(mine, run.cfg.micro_batch_size)
+    ]
     model.train(was_training)
-    return {"chosen": torch.cat(chosen), "rejected": torch.cat(rejected)}
+    both = all_gather_cat(torch.cat(parts, dim=1).T.contiguous())[: len(pairs)].cpu()  # [pairs, 2]
+    return {"chosen": both[:, 0].contiguous(), "rejected": both[:, 1].contiguous()}
 
 
 def _cache_key(cfg: DPOConfig, pairs: list[PreferenceExample]) -> str:
@@ -88,66 +101,126 @@ def _cache_key(cfg: DPOConfig, pairs: list[PreferenceExample]) -> str:
     return h.hexdigest()
 
 
-def cached_reference_logps(model, pairs, device, cfg: DPOConfig) -> tuple[dict[str, torch.Tensor], bool]:
-    """``(ref, loaded)``: from ``OUT_DIR/reference_logps.pt`` when its key matches, else computed and saved."""
-    path = Path(cfg.out_dir) / "reference_logps.pt"
-    key = _cache_key(cfg, pairs)
-    if path.is_file():
+def cached_reference_logps(model, pairs, run: StageRun) -> tuple[dict[str, torch.Tensor], bool]:
+    """``(ref, loaded)``: from ``OUT_DIR/reference_logps.pt`` when its key matches, else computed (by
+    ``model``, which must still hold the reference weights) and saved. A resumed run always finds the
+    file its first start wrote, so the reference stays the initial model."""
+    path = run.out / "reference_logps.pt"
+    key = _cache_key(run.cfg, pairs)
+    saved = None
+    if run.env.is_main and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("key") == key:
-            log(f"dpo: reusing reference log-probs from {path}")
-            return {"chosen": saved["chosen"], "rejected": saved["rejected"]}, True
-    ref = reference_logps(model, pairs, device, cfg)
-    torch.save({"key": key, **ref}, path)
+        saved = saved if saved.get("key") == key else None
+    saved = broadcast_object(saved)
+    if saved is not None:
+        run.log(f"dpo: reusing reference log-probs from {path}")
+        return {"chosen": saved["chosen"], "rejected": saved["rejected"]}, True
+    ref = reference_logps(model, pairs, run)
+    if run.env.is_main:
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save({"key": key, **ref}, tmp)
+        tmp.replace(path)
     return ref, False
 
 
-def train_dpo(cfg: DPOConfig) -> dict:
-    """Train; write ``metrics.jsonl``, ``reference_logps.pt`` and ``model/``; return a summary."""
-    model, tok, device = setup(cfg)
-    out = Path(cfg.out_dir)
-    pairs, report = load_preferences(cfg.data, tok, max_length=cfg.max_seq_len, train_on=cfg.train_on)
-    write_json(out / "data_report.json", {"preferences": str(report)})
-    if not pairs:
-        raise ValueError(f"no usable preference pairs in {cfg.data}: {report}")
-    log(f"dpo: {len(pairs)} pairs ({report})")
-    ref, loaded = cached_reference_logps(model, pairs, device, cfg)
-    indexed = list(range(len(pairs)))
+class DPOModule(TrainModule):
+    """One DPO step against cached reference log-probs: the loss is the mean over the global batch's
+    pairs (each rank backpropagates its pairs' share)."""
 
-    def step_fn(batch: list[int], step: int) -> dict:
-        micro = batched(batch, cfg.micro_batch_size)
-        sums = {k: 0.0 for k in ("loss", "margin", "accuracy", "chosen_logps", "rejected_logps")}
-        for mb in micro:
-            s, n = _pair_logps(model, [pairs[i] for i in mb], device, cfg)
-            idx = torch.tensor(mb)
-            res = dpo_loss(
-                s[0],
-                s[1],
-                ref["chosen"][idx].to(device),
-                ref["rejected"][idx].to(device),
-                beta=cfg.beta,
-                loss_type=cfg.loss_type,
-                chosen_ntokens=n[0],
-                rejected_ntokens=n[1],
-                label_smoothing=cfg.label_smoothing,
+    console_keys = ("margin", "accuracy")
+
+    def __init__(self, run: StageRun, model, pairs: list[PreferenceExample], ref: dict, total_steps: int):
+        cfg = run.cfg
+        self.run, self.cfg, self.model, self.pairs, self.ref = run, cfg, model, pairs, ref
+        self.optim = ScheduledOptimizer(model, cfg.optim, cfg.schedule, total_steps)
+        self.flops_per_token = flops_per_token(model.config, cfg.max_seq_len)
+        self.peak_flops = run.peak_flops
+
+    def parts(self) -> dict[str, Part]:
+        return {"model": Part(self.model, self.optim.optimizer)}
+
+    def train_step(self, batch: list[int], step: int, guard: SpikeGuard | None) -> dict:
+        cfg, env = self.cfg, self.run.env
+        lr = self.optim.set_lr(step)
+        micro = chunks(batch, cfg.micro_batch_size)
+        # [loss, margin, accuracy, chosen log-p, rejected log-p] summed over pairs, then tokens
+        sums = torch.zeros(6, device=env.device)
+        for i, mb in enumerate(micro):
+            with sync_gradients(self.model, i == len(micro) - 1):
+                s, n = _pair_logps(self.model, [self.pairs[j] for j in mb], self.run)
+                idx = torch.tensor(mb)
+                res = dpo_loss(
+                    s[0],
+                    s[1],
+                    self.ref["chosen"][idx].to(env.device),
+                    self.ref["rejected"][idx].to(env.device),
+                    beta=cfg.beta,
+                    loss_type=cfg.loss_type,
+                    chosen_ntokens=n[0],
+                    rejected_ntokens=n[1],
+                    label_smoothing=cfg.label_smoothing,
+                )
+                (res.losses.sum() / cfg.batch_size * env.world_size).backward()
+            s = s.detach()
+            sums += torch.stack(
+                [
+                    res.losses.detach().sum(),
+                    res.margins.sum(),
+                    (res.margins > 0).float().sum(),
+                    s[0].sum(),
+                    s[1].sum(),
+                    n.sum().float(),
+                ]
             )
-            (res.loss * len(mb) / len(batch)).backward()
-            sums["loss"] += float(res.losses.detach().sum())
-            sums["margin"] += float(res.margins.sum())
-            sums["accuracy"] += float((res.margins > 0).float().sum())
-            sums["chosen_logps"] += float(s[0].detach().sum())
-            sums["rejected_logps"] += float(s[1].detach().sum())
-        return {k: v / len(batch) for k, v in sums.items()}
+        sums = all_reduce_sum(sums)
+        outcome = apply_update(
+            [self.optim.update_part], torch.cat([sums[:5] / cfg.batch_size, sums[5:]]), guard
+        )
+        loss, margin, accuracy, chosen, rejected, n_tokens = outcome.values
+        return {
+            "loss": loss,
+            "margin": margin,
+            "accuracy": accuracy,
+            "chosen_logps": chosen,
+            "rejected_logps": rejected,
+            **outcome.record(),
+            "lr": lr,
+            "n_tokens": int(n_tokens),
+        }
 
-    records = train_loop(cfg, model, epoch_batches(indexed, cfg), step_fn, out_dir=out)
-    path = save_final(model, tok, out)
-    summary = {
-        "steps": len(records),
-        "reference_cache": "loaded" if loaded else "computed",
-        "first": {k: records[0][k] for k in ("loss", "margin", "accuracy")} if records else None,
-        "final": {k: records[-1][k] for k in ("loss", "margin", "accuracy")} if records else None,
-        "model": str(path),
-        "pairs": len(pairs),
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+
+def train_dpo(cfg: DPOConfig) -> dict:
+    """Train (or resume) on the engine; write ``metrics.jsonl``, ``reference_logps.pt``, checkpoints and
+    ``model/``; return a summary."""
+    with stage_run(cfg) as run:
+        pairs, report = load_preferences(
+            cfg.data, run.tok, max_length=cfg.max_seq_len, train_on=cfg.train_on, strict=cfg.strict
+        )
+        run.write_json("data_report.json", {"preferences": report.to_dict()})
+        if not pairs:
+            raise ValueError(f"no usable preference pairs in {cfg.data}: {report.summary()}")
+        run.log(report.summary())
+        data = GlobalBatches(
+            len(pairs),
+            cfg.batch_size,
+            seed=cfg.seed,
+            rank=run.env.rank,
+            world_size=run.env.world_size,
+            what="preference pairs",
+        )
+        total = data.steps_per_epoch * cfg.epochs
+        total = min(total, cfg.max_steps) if cfg.max_steps else total
+        model = load_policy(run)  # the reference too, until the first update
+        ref, loaded = cached_reference_logps(model, pairs, run)
+        records = fit_stage(run, DPOModule(run, model, pairs, ref, total), data, total)
+        keys = ("loss", "margin", "accuracy")
+        summary = {
+            "steps": len(records),
+            "reference_cache": "loaded" if loaded else "computed",
+            "first": {k: records[0][k] for k in keys} if records else None,
+            "final": {k: records[-1][k] for k in keys} if records else None,
+            "model": str(run.out / "model"),
+            "pairs": len(pairs),
+        }
+        run.write_json("summary.json", summary)
+        return summary

@@ -19,19 +19,22 @@ final-norm hidden states, initialised from the starting checkpoint, and the head
 N(0, ``value_head_init_std``²)). Tülu 3 initialised the value model from a reward model trained on
 on-policy preferences (spec §6.4); we have none, so at the first step the values are 0 and the
 advantages are the (γλ-discounted) returns, whitened (a batch-mean baseline) until the head has learned.
-The value model is not saved: the spec re-initialises it for every RLVR pass.
+The value model is in every mid-run checkpoint (so a resume is exact) but not in the final ``model/``:
+the spec re-initialises it for every RLVR pass. Runs on the training engine like GRPO; the advantage
+whitening and every mean it logs are over the whole rollout, on all ranks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
 
+from olmo2.model.checkpoint import load_model
 from olmo2.model.transformer import Olmo2
-from olmo2.posttrain.common import StepOptimizer, autocast, batched, run_steps
-from olmo2.posttrain.data import collate
+from olmo2.posttrain.common import StageRun
+from olmo2.posttrain.data import RLPrompt, collate
 from olmo2.posttrain.losses import (
     gae,
     grpo_loss,
@@ -41,9 +44,14 @@ from olmo2.posttrain.losses import (
     value_loss,
     whiten,
 )
-from olmo2.posttrain.rlvr import RLRun, RLVRConfig, Rollout
+from olmo2.posttrain.rollout import Rollout, RolloutSampler, rollout_metrics, sequence_logps
+from olmo2.train.distributed import all_reduce_sum
+from olmo2.train.engine import Part, ScheduledOptimizer, SpikeGuard, TrainModule, apply_update, chunks
+from olmo2.train.loss import shift_labels
+from olmo2.train.monitor import flops_per_token
+from olmo2.train.runtime import autocast, build_parallel_model, sync_gradients
 
-__all__ = ["PPOBatch", "PPOLossOutput", "ValueModel", "ppo_advantages", "ppo_loss", "train_ppo"]
+__all__ = ["PPOBatch", "PPOLossOutput", "PPOModule", "ValueModel", "ppo_advantages", "ppo_loss"]
 
 
 class ValueModel(nn.Module):
@@ -146,7 +154,7 @@ def ppo_loss(
 @dataclass
 class PPOBatch:
     """A scored rollout laid out for the updates, all [N, T]: per-token tensors at position t are about
-    token t+1 (``common.token_logps``' layout; ``mask``: response tokens), and values at t are those of
+    token t+1 (``Olmo2.forward(target_logps=True)``'s layout; ``mask``: response tokens), and values at t are those of
     the state after token t, i.e. before token t+1."""
 
     input_ids: torch.Tensor
@@ -168,31 +176,60 @@ class PPOBatch:
 # ------------------------------------------------------------------------------ training
 
 
-class PPORun(RLRun):
-    """A PPO run: ``RLRun`` (policy, reference, prompts, final save) plus the value model and the two
-    optimizers."""
+def global_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``losses.whiten`` with the mean and variance over every rank's masked entries."""
+    m = mask.to(x.dtype)
+    total = all_reduce_sum(torch.stack([(x * m).sum(), m.sum()]))
+    mean = total[0] / total[1].clamp(min=1.0)
+    var = all_reduce_sum(((x - mean).square() * m).sum()) / total[1].clamp(min=1.0)
+    return (x - mean) * torch.rsqrt(var + eps) * m
 
-    def __init__(self, cfg: RLVRConfig):
-        super().__init__(cfg)
-        from olmo2.model.checkpoint import load_model
 
-        body = load_model(cfg.model, device=self.device, dtype=torch.float32)
-        self.value_model = ValueModel(body, init_std=cfg.value_head_init_std, seed=cfg.seed).train()
+class PPOModule(TrainModule):
+    """One PPO step: a rollout, its scoring (log-probs, reference, values, advantages), then
+    ``ppo_epochs`` × ``num_mini_batches`` updates of the policy and the value model together."""
+
+    console_keys = ("reward_mean", "kl", "value_loss")
+
+    def __init__(self, run: StageRun, model, ref, prompts: list[RLPrompt], total_steps: int):
+        cfg, env = run.cfg, run.env
+        self.run, self.cfg, self.model, self.ref = run, cfg, model, ref
+        self.sample = RolloutSampler(run, model, prompts)
+        body = load_model(cfg.model, device=env.device, dtype=torch.float32)
+        value_model = ValueModel(body, init_std=cfg.value_head_init_std, seed=cfg.seed)
+        self.value_model = build_parallel_model(
+            value_model,
+            env=env,
+            dtype=run.dtype,
+            parallel=cfg.trainer.parallel,
+            hsdp_replicas=cfg.trainer.hsdp_replicas,
+            activation_checkpointing=cfg.trainer.activation_checkpointing,
+            compile=cfg.trainer.compile,
+            backbone=body,
+        )
         self.updates = cfg.ppo_epochs * cfg.num_mini_batches  # optimizer steps per rollout
-        total = self.n_steps * self.updates
-        self.policy_opt = StepOptimizer(cfg, self.model, total)
-        self.value_opt = StepOptimizer(cfg, self.value_model, total, lr=cfg.value_lr or cfg.lr)
-        self._shuffle = torch.Generator().manual_seed(cfg.seed + 1)
+        total = total_steps * self.updates
+        self.policy_opt = ScheduledOptimizer(model, cfg.optim, cfg.schedule, total)
+        value_optim = replace(cfg.optim, lr=cfg.value_lr or cfg.optim.lr)
+        self.value_opt = ScheduledOptimizer(self.value_model, value_optim, cfg.schedule, total)
+        self.flops_per_token = flops_per_token(model.config, cfg.max_prompt_len + cfg.max_new_tokens)
+        self.peak_flops = run.peak_flops
+
+    def parts(self) -> dict[str, Part]:
+        return {
+            "model": Part(self.model, self.policy_opt.optimizer),
+            "value": Part(self.value_model, self.value_opt.optimizer),
+        }
 
     def values(self, ids: torch.Tensor) -> torch.Tensor:
-        with autocast(self.cfg, self.device):
+        with autocast(self.run.env.device, self.run.dtype):
             return self.value_model(ids)
 
     @torch.no_grad()
-    def score(self, roll: Rollout) -> tuple[PPOBatch, dict]:
+    def score(self, roll: Rollout) -> tuple[PPOBatch, torch.Tensor]:
         """Rollout log-probs, reference log-probs and values (micro-batched, no gradients), then the
-        advantages and returns; with the rollout's KL and value statistics."""
-        cfg, device = self.cfg, self.device
+        advantages and returns; with this rank's sums for the logged statistics."""
+        cfg, device = self.cfg, self.run.env.device
         seqs = roll.sequences()
         b = collate(seqs)
         ids, labels = b.input_ids.to(device), b.labels.to(device)
@@ -201,13 +238,13 @@ class PPORun(RLRun):
         mask = torch.zeros_like(logps, dtype=torch.bool)
         self.model.eval()
         self.value_model.eval()
-        for idx in batched(list(range(len(seqs))), cfg.micro_batch_size):
+        for idx in chunks(range(len(seqs)), cfg.micro_batch_size):
             w = int(lengths[idx].max())
-            part_ids, part_labels = ids[idx, :w], labels[idx, :w]
-            logps[idx, :w], mask[idx, :w] = self.logps(self.model, part_ids, part_labels)
+            rows = [seqs[i] for i in idx]
+            logps[idx, :w], mask[idx, :w] = sequence_logps(self.model, rows, self.run)
             if self.ref is not None:
-                ref[idx, :w] = self.logps(self.ref, part_ids, part_labels)[0]
-            values[idx, :w] = self.values(part_ids) * mask[idx, :w]
+                ref[idx, :w] = sequence_logps(self.ref, rows, self.run)[0]
+            values[idx, :w] = self.values(ids[idx, :w]) * mask[idx, :w]
         self.model.train()
         self.value_model.train()
         if self.ref is None:  # beta 0: no KL term
@@ -223,65 +260,104 @@ class PPORun(RLRun):
             kl_estimator=cfg.kl_estimator,
             gamma=cfg.gamma,
             lam=cfg.lam,
-            whiten_advantages=cfg.whiten_advantages,
+            whiten_advantages=False,
         )
-        stats = {
-            "kl": float(masked_mean(kl_penalty(logps, ref, cfg.kl_estimator), mask)),
-            "non_score_reward": float((rewards.sum(-1) - scores).mean()),
-            "value_mean": float(masked_mean(values, mask)),
-            "return_mean": float(masked_mean(returns, mask)),
-        }
-        return PPOBatch(ids, labels, mask, logps, values, adv, returns, lengths), stats
+        if cfg.whiten_advantages:
+            adv = global_whiten(adv, mask)
+        m = mask.float()
+        sums = torch.stack(
+            [
+                (kl_penalty(logps, ref, cfg.kl_estimator) * m).sum(),
+                m.sum(),
+                (rewards.sum(-1) - scores).sum(),
+                (values * m).sum(),
+                (returns * m).sum(),
+            ]
+        )
+        return PPOBatch(ids, labels, mask, logps, values, adv, returns, lengths), sums
 
-    def update(self, batch: PPOBatch, step: int) -> dict:
+    def train_step(self, batch: list[int], step: int, guard: SpikeGuard | None) -> dict:
+        env = self.run.env
+        roll = self.sample(batch, step)
+        ppo_batch, score_sums = self.score(roll)
+        kl, n_tokens, non_score, value_sum, return_sum, *rollout = all_reduce_sum(
+            torch.cat([score_sums, roll.sums(env.device).float()])
+        ).tolist()
+        n_rows = rollout[-1]
+        record = {
+            **rollout_metrics(rollout),
+            "kl": kl / max(n_tokens, 1.0),
+            "non_score_reward": non_score / n_rows,
+            "value_mean": value_sum / max(n_tokens, 1.0),
+            "return_mean": return_sum / max(n_tokens, 1.0),
+        }
+        return {**record, **self.update(ppo_batch, step, guard), "n_tokens": int(n_tokens)}
+
+    def update(self, batch: PPOBatch, step: int, guard: SpikeGuard | None) -> dict:
         """``ppo_epochs`` × ``num_mini_batches`` optimizer steps on ``batch``; the mean statistics."""
-        cfg = self.cfg
+        cfg, env = self.cfg, self.run.env
         logged = ("policy_loss", "value_loss", "clipfrac", "vf_clipfrac", "approx_kl")
         sums = dict.fromkeys((*logged, "grad_norm", "value_grad_norm"), 0.0)
-        lrs = []
+        lrs, skip_reason = [], None
         k = (step - 1) * self.updates
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(batch.input_ids.shape[0], generator=self._shuffle)
+        n_rows = batch.input_ids.shape[0]
+        if n_rows % cfg.num_mini_batches:
+            raise ValueError(
+                f"num_mini_batches ({cfg.num_mini_batches}) must divide each rank's {n_rows} rollout rows"
+            )
+        for epoch in range(cfg.ppo_epochs):
+            shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + epoch)
+            order = torch.randperm(n_rows, generator=shuffle)
             for mini in order.chunk(cfg.num_mini_batches):
                 k += 1
-                lrs.append(self.policy_opt.begin(k))
-                self.value_opt.begin(k)
-                n_tokens = batch.mask[mini].sum().clamp(min=1).float()
-                for idx in batched(mini.tolist(), cfg.micro_batch_size):
+                lrs.append(self.policy_opt.set_lr(k))
+                self.value_opt.set_lr(k)
+                n_tokens = all_reduce_sum(batch.mask[mini].sum().float()).clamp(min=1.0)
+                micro = chunks(mini.tolist(), cfg.micro_batch_size)
+                totals = torch.zeros(len(logged), device=env.device)
+                for i, idx in enumerate(micro):
                     part = batch.rows(idx)
-                    logps, _ = self.logps(self.model, part.input_ids, part.labels)
-                    out = ppo_loss(
-                        logps,
-                        self.values(part.input_ids),
-                        part.old_logps,
-                        part.old_values,
-                        part.advantages,
-                        part.returns,
-                        part.mask,
-                        clip_eps=cfg.clip_eps,
-                        value_clip_eps=cfg.value_clip_eps,
-                        vf_coef=cfg.vf_coef,
-                        num_tokens=n_tokens,
-                    )
-                    out.loss.backward()
-                    for name in logged:
-                        sums[name] += float(getattr(out, name))
-                sums["grad_norm"] += self.policy_opt.step()
-                sums["value_grad_norm"] += self.value_opt.step()
-        return {**{name: v / self.updates for name, v in sums.items()}, "lr": lrs[0]}
+                    last = i == len(micro) - 1
+                    with sync_gradients(self.model, last), sync_gradients(self.value_model, last):
+                        logps, _ = self._logps(part)
+                        out = ppo_loss(
+                            logps,
+                            self.values(part.input_ids),
+                            part.old_logps,
+                            part.old_values,
+                            part.advantages,
+                            part.returns,
+                            part.mask,
+                            clip_eps=cfg.clip_eps,
+                            value_clip_eps=cfg.value_clip_eps,
+                            vf_coef=cfg.vf_coef,
+                            num_tokens=n_tokens,
+                        )
+                        (out.loss * env.world_size).backward()
+                    totals += torch.stack([getattr(out, name).detach() for name in logged])
+                totals = all_reduce_sum(totals)
+                outcome = apply_update(
+                    [self.policy_opt.update_part, self.value_opt.update_part],
+                    torch.cat([(totals[0] + cfg.vf_coef * totals[1]).reshape(1), totals]),
+                    guard,
+                )
+                skip_reason = skip_reason or outcome.skip_reason
+                for name, value in zip(logged, outcome.values[1:], strict=True):
+                    sums[name] += value
+                sums["grad_norm"] += outcome.grad_norms[0]
+                sums["value_grad_norm"] += outcome.grad_norms[1]
+        record = {**{name: v / self.updates for name, v in sums.items()}, "lr": lrs[0]}
+        record["loss"] = record["policy_loss"] + cfg.vf_coef * record["value_loss"]
+        record["skipped"] = skip_reason is not None
+        if skip_reason:
+            record["skip_reason"] = skip_reason
+        return record
 
-
-def train_ppo(cfg: RLVRConfig) -> dict:
-    """PPO RLVR; writes what GRPO writes (``metrics.jsonl`` with the rollout's ``reward_mean``, ``kl``,
-    ... plus ``value_loss``, ``vf_clipfrac``, ``clipfrac``, ``approx_kl``; ``rewards.png``; ``model/``)."""
-    if cfg.algorithm != "ppo":
-        raise ValueError(f"train_ppo needs algorithm: ppo, got {cfg.algorithm!r}")
-    run = PPORun(cfg)
-
-    def step_fn(_item, step: int) -> dict:
-        roll = run.rollout(step)
-        batch, stats = run.score(roll)
-        return {**roll.metrics(), **stats, **run.update(batch, step)}
-
-    records = run_steps(cfg, [None] * run.n_steps, step_fn, out_dir=run.out)
-    return run.finish(records)
+    def _logps(self, part: PPOBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(self.run.env.device, self.run.dtype):
+            return self.model(
+                part.input_ids,
+                labels=shift_labels(part.labels),
+                target_logps=True,
+                temperature=self.cfg.temperature,
+            )

@@ -9,73 +9,75 @@ clipped-ratio policy-gradient step with a k3 KL penalty to the frozen initial mo
 rollout, so the ratio is 1 and the clip never binds; it is kept for parity with the loss open-instruct
 uses. PPO (``algorithm: ppo``, the 7B/13B runs, with a value model) lives in ``olmo2.posttrain.ppo``.
 
-Settings whose spec value differs between the two (``lr``, ``schedule``, ``beta``, ``kl_estimator``,
-``group_size``, ``no_eos_penalty``) default to the chosen algorithm's value (``ALGORITHM_DEFAULTS``);
-anything set explicitly wins.
+Settings whose spec value differs between the two (``optim.lr``, ``schedule.name``, ``beta``,
+``kl_estimator``, ``group_size``, ``no_eos_penalty``) default to the chosen algorithm's value
+(``ALGORITHM_DEFAULTS``); anything set explicitly wins. Both run on the training engine: every rank
+samples rollouts for its share of the step's prompts from the sharded policy (each row seeded by its
+place in the global batch, so the rollouts do not depend on the number of ranks), and a checkpoint
+holds the data position; the sampling seeds are a function of the step.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-from pathlib import Path
+import contextlib
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
-from olmo2.config import load_config
-from olmo2.generate import GenerationConfig, generate
-from olmo2.posttrain.chat import decode_response
 from olmo2.posttrain.common import (
+    GlobalBatches,
     PostTrainConfig,
-    autocast,
-    batched,
-    save_final,
-    setup,
-    token_logps,
-    train_loop,
-    write_json,
+    StageRun,
+    fit_stage,
+    load_policy,
+    load_posttrain_config,
+    plot_rewards,
+    posttrain_schedule,
+    stage_run,
 )
-from olmo2.posttrain.data import RLPrompt, SFTExample, collate, load_rl_prompts
+from olmo2.posttrain.data import RLPrompt, load_rl_prompts
 from olmo2.posttrain.losses import group_advantages, grpo_loss
-from olmo2.posttrain.verifiers import NO_EOS_PENALTY, VERIFIED_REWARD, verifiable_reward
-from olmo2.train.loss import IGNORE_INDEX
-from olmo2.train.monitor import log
+from olmo2.posttrain.ppo import PPOModule
+from olmo2.posttrain.rollout import RolloutSampler, rollout_metrics, sequence_logps
+from olmo2.posttrain.verifiers import NO_EOS_PENALTY, VERIFIED_REWARD
+from olmo2.train.distributed import all_reduce_sum
+from olmo2.train.engine import (
+    Part,
+    ScheduledOptimizer,
+    SpikeGuard,
+    TrainModule,
+    apply_update,
+    chunks,
+    global_count,
+)
+from olmo2.train.monitor import flops_per_token
+from olmo2.train.runtime import sync_gradients
+from olmo2.train.schedule import ScheduleConfig
 
 __all__ = [
     "ALGORITHM_DEFAULTS",
+    "GRPOModule",
     "RLVRConfig",
-    "Rollout",
     "load_rlvr_config",
-    "sample_rollout",
     "train_rlvr",
 ]
 
-
-class _AlgorithmDefault:
-    """Marks a field whose default depends on ``algorithm``; never seen after ``__post_init__``."""
-
-    def __repr__(self) -> str:
-        return "<algorithm default>"
-
-
-_DEFAULT: Any = _AlgorithmDefault()
-
 # Spec §6.5 (GRPO, 1B: LR 5e-7 constant, β 0.01 k3, 16 samples, no EOS penalty) and §6.4 / Tab 18
 # (PPO, 7B: LR 4e-7 linear, β 0.05 on the sampled log-ratio (open-instruct's kl1), one sample per
-# prompt as open-instruct's PPO script, −10 for a response without EOS).
+# prompt as open-instruct's PPO script, −10 for a response without EOS). Keys with dots are sections'.
 ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
     "grpo": {
-        "lr": 5e-7,
-        "schedule": "constant",
+        "optim.lr": 5e-7,
+        "schedule.name": "constant",
         "beta": 0.01,
         "kl_estimator": "k3",
         "group_size": 16,
         "no_eos_penalty": None,
     },
     "ppo": {
-        "lr": 4e-7,
-        "schedule": "linear",
+        "optim.lr": 4e-7,
+        "schedule.name": "linear",
         "beta": 0.05,
         "kl_estimator": "k1",
         "group_size": 1,
@@ -86,26 +88,24 @@ ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class RLVRConfig(PostTrainConfig):
-    """Fields marked ``_DEFAULT`` take ``ALGORITHM_DEFAULTS[algorithm]``; the PPO-only block is ignored
-    by GRPO."""
+    """Settings whose spec value differs between GRPO and PPO take ``ALGORITHM_DEFAULTS[algorithm]``
+    when the config does not set them (``load_rlvr_config``); the PPO-only block is ignored by GRPO."""
 
     algorithm: Literal["grpo", "ppo"] = "grpo"
     out_dir: str = "runs/rlvr"
-    lr: float = _DEFAULT
-    schedule: Literal["linear", "constant"] = _DEFAULT
-    warmup_ratio: float = 0.0
+    schedule: ScheduleConfig = field(default_factory=lambda: posttrain_schedule(0.0, "constant"))
     steps: int = 100  # rollouts (GRPO: one optimizer step each; PPO: ppo_epochs × num_mini_batches)
-    batch_size: int = 4  # unique prompts per step
+    batch_size: int = 4  # unique prompts per step, over all ranks
     micro_batch_size: int = 16  # sequences per forward/backward
-    group_size: int = _DEFAULT  # samples per prompt
+    group_size: int = 16  # samples per prompt
     max_prompt_len: int = 2048
     max_new_tokens: int = 512
     temperature: float = 1.0
-    beta: float = _DEFAULT  # KL coefficient (GRPO: in the loss; PPO: in the per-token reward)
-    kl_estimator: Literal["k1", "k2", "k3"] = _DEFAULT  # also what `kl` in metrics.jsonl measures
+    beta: float = 0.01  # KL coefficient (GRPO: in the loss; PPO: in the per-token reward)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # also what `kl` in metrics.jsonl measures
     clip_eps: float = 0.2
     reward: float = VERIFIED_REWARD
-    no_eos_penalty: float | None = _DEFAULT  # None: an unfinished answer is just scored
+    no_eos_penalty: float | None = None  # None: an unfinished answer is just scored
     normalization: Literal["token", "sequence"] = "token"  # GRPO loss; PPO always uses "token"
     # PPO only (spec §6.4, Tab 18)
     ppo_epochs: int = 4  # passes over each rollout batch
@@ -114,20 +114,12 @@ class RLVRConfig(PostTrainConfig):
     lam: float = 0.95  # GAE λ
     vf_coef: float = 0.1  # value-loss weight
     value_clip_eps: float = 0.2  # clip of the value update around the rollout's values
-    value_lr: float | None = None  # None: lr
+    value_lr: float | None = None  # None: optim.lr
     whiten_advantages: bool = True
     value_head_init_std: float = 0.0  # the fresh value head: 0 = zeros (no reward model to start from)
 
     def __post_init__(self) -> None:
-        for name, value in ALGORITHM_DEFAULTS[self.algorithm].items():
-            if getattr(self, name) is _DEFAULT:
-                setattr(self, name, value)
-        self.epochs = max(self.epochs, 1)
-        if self.batch_size < 1 or self.micro_batch_size < 1:
-            raise ValueError("batch_size and micro_batch_size must be >= 1")
-        self.micro_batch_size, saved = self.batch_size, self.micro_batch_size  # micro counts sequences
         super().__post_init__()
-        self.micro_batch_size = saved
         if self.steps < 1 or self.temperature <= 0:
             raise ValueError("steps must be >= 1 and temperature > 0")
         if self.clip_eps <= 0:
@@ -148,7 +140,7 @@ class RLVRConfig(PostTrainConfig):
             ("lam", 0.0 <= self.lam <= 1.0, "must be in [0, 1]"),
             ("vf_coef", self.vf_coef > 0, "must be > 0"),
             ("value_clip_eps", self.value_clip_eps > 0, "must be > 0"),
-            ("value_lr", self.value_lr is None or self.value_lr > 0, "must be > 0 (or null for lr)"),
+            ("value_lr", self.value_lr is None or self.value_lr > 0, "must be > 0 (or null for optim.lr)"),
             ("value_head_init_std", self.value_head_init_std >= 0, "must be >= 0"),
             ("normalization", self.normalization == "token", "must be 'token' for PPO (GRPO-only choice)"),
         ]  # fmt: skip
@@ -157,164 +149,144 @@ class RLVRConfig(PostTrainConfig):
                 raise ValueError(f"{key} {why}, got {getattr(self, key)!r}")
 
 
+def _algorithm_defaults(data: dict) -> None:
+    """Fill the keys the config leaves unset with its algorithm's spec values."""
+    algorithm = data.get("algorithm", "grpo")
+    for dotted, value in ALGORITHM_DEFAULTS.get(algorithm, {}).items():
+        node, *rest = dotted.split(".")
+        if rest:
+            section = data.setdefault(node, {})
+            if isinstance(section, dict):
+                section.setdefault(rest[0], value)
+        else:
+            data.setdefault(node, value)
+
+
 def load_rlvr_config(path=None, overrides: list[str] | None = None) -> RLVRConfig:
-    return load_config(RLVRConfig, path, overrides)
+    return load_posttrain_config(RLVRConfig, path, overrides, defaults=_algorithm_defaults)
 
 
-@dataclass
-class Rollout:
-    """One step's samples: each prompt ``group_size`` times in a row, the responses and their scores."""
+class GRPOModule(TrainModule):
+    """One GRPO step: sample, score, normalise rewards within each prompt's group, then one clipped
+    policy-gradient update with a KL penalty to the frozen reference, normalised over the global
+    batch's response tokens (or sequences)."""
 
-    prompts: list[RLPrompt]
-    responses: list[list[int]]
-    scores: torch.Tensor  # [N] fp32
-    finished: list[bool]
-    correct: list[bool]
+    console_keys = ("reward_mean", "kl")
 
-    @property
-    def prompt_ids(self) -> list[list[int]]:
-        return [p.prompt_ids for p in self.prompts]
+    def __init__(self, run: StageRun, model, ref, prompts: list[RLPrompt], total_steps: int):
+        cfg = run.cfg
+        self.run, self.cfg, self.model, self.ref = run, cfg, model, ref
+        self.sample = RolloutSampler(run, model, prompts)
+        self.optim = ScheduledOptimizer(model, cfg.optim, cfg.schedule, total_steps)
+        self.flops_per_token = flops_per_token(model.config, cfg.max_prompt_len + cfg.max_new_tokens)
+        self.peak_flops = run.peak_flops
 
-    def sequences(self) -> list[SFTExample]:
-        """Prompt + response rows whose labels are the response tokens only."""
-        return [
-            SFTExample(p + r, [IGNORE_INDEX] * len(p) + list(r))
-            for p, r in zip(self.prompt_ids, self.responses, strict=True)
-        ]
+    def parts(self) -> dict[str, Part]:
+        return {"model": Part(self.model, self.optim.optimizer)}
 
-    def metrics(self) -> dict:
+    def train_step(self, batch: list[int], step: int, guard: SpikeGuard | None) -> dict:
+        cfg, env = self.cfg, self.run.env
+        lr = self.optim.set_lr(step)
+        roll = self.sample(batch, step)
+        adv = group_advantages(roll.scores, cfg.group_size)
+        seqs = roll.sequences()
+        n_resp = global_count(sum(len(r) for r in roll.responses), env.device).clamp(min=1.0)
+        n_seqs = cfg.batch_size * cfg.group_size
+        micro = chunks(range(len(seqs)), cfg.micro_batch_size)
+        sums = torch.zeros(4, device=env.device)  # [loss, policy loss, kl, clipped tokens]
+        for i, idx in enumerate(micro):
+            with sync_gradients(self.model, i == len(micro) - 1):
+                logps, mask = sequence_logps(self.model, [seqs[j] for j in idx], self.run)
+                ref_logps = None
+                if self.ref is not None:
+                    with torch.no_grad():
+                        ref_logps, _ = sequence_logps(self.ref, [seqs[j] for j in idx], self.run)
+                res = grpo_loss(
+                    logps,
+                    adv[idx].to(env.device),
+                    mask,
+                    ref_logps=ref_logps,
+                    beta=cfg.beta,
+                    clip_eps=cfg.clip_eps,
+                    kl_estimator=cfg.kl_estimator,
+                    normalization=cfg.normalization,
+                    num_tokens=n_resp if cfg.normalization == "token" else None,
+                )
+                # "token": already this micro-batch's share of the global token mean; "sequence": a
+                # mean over its sequences, weighted by its share of the global batch's sequences.
+                scale = 1.0 if cfg.normalization == "token" else len(idx) / n_seqs
+                (res.loss * scale * env.world_size).backward()
+            sums += torch.stack(
+                [
+                    res.loss.detach() * scale,
+                    res.policy_loss * scale,
+                    res.kl * scale,
+                    res.clip_frac * mask.sum(),
+                ]
+            )
+        values = torch.cat([all_reduce_sum(sums), all_reduce_sum(roll.sums(env.device).float())])
+        outcome = apply_update([self.optim.update_part], values, guard)
+        loss, policy_loss, kl, clipped, *rollout = outcome.values
         return {
-            "reward_mean": float(self.scores.mean()),
-            "reward_std": float(self.scores.std(correction=0)),
-            "correct_frac": sum(self.correct) / len(self.correct),
-            "finished_frac": sum(self.finished) / len(self.finished),
-            "response_len": sum(map(len, self.responses)) / len(self.responses),
+            "loss": loss,
+            **rollout_metrics(rollout),
+            "policy_loss": policy_loss,
+            "kl": kl,
+            "clip_frac": clipped / float(n_resp),
+            **outcome.record(),
+            "lr": lr,
+            "n_tokens": int(n_resp.item()),
         }
 
 
-def sample_rollout(model, tok, cfg: RLVRConfig, prompts: list[RLPrompt], step: int) -> Rollout:
-    """``group_size`` sampled responses per prompt (seeded by ``seed`` and ``step``), scored."""
-    batch = [p for p in prompts for _ in range(cfg.group_size)]
-    model.eval()
-    sample = GenerationConfig(
-        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed * 100_003 + step
+def load_prompts(run: StageRun) -> list[RLPrompt]:
+    cfg = run.cfg
+    prompts, report = load_rl_prompts(
+        cfg.data, run.tok, max_prompt_length=cfg.max_prompt_len, strict=cfg.strict
     )
-    responses = generate(model, [p.prompt_ids for p in batch], sample, eos_token_id=tok.eos_token_id)
-    model.train()
-    scores, finished, correct = [], [], []
-    for p, r in zip(batch, responses, strict=True):
-        text, done = decode_response(tok, r)
-        score = verifiable_reward(
-            p.verifier,
-            text,
-            p.ground_truth,
-            finished=done,
-            reward=cfg.reward,
-            no_eos_penalty=cfg.no_eos_penalty,
-        )
-        scores.append(score)
-        finished.append(done)
-        correct.append(score == cfg.reward)
-    return Rollout(batch, responses, torch.tensor(scores, dtype=torch.float32), finished, correct)
+    run.write_json("data_report.json", {"rl_prompts": report.to_dict()})
+    if not prompts:
+        raise ValueError(f"no usable RLVR prompts in {cfg.data}: {report.summary()}")
+    run.log(f"rlvr ({cfg.algorithm}): {report.summary()}")
+    return prompts
 
 
-class RLRun:
-    """What a GRPO and a PPO run share: the policy, the frozen reference, the prompts (drawn without
-    replacement, reshuffled with ``seed`` each pass), and the final save, plot and summary."""
-
-    def __init__(self, cfg: RLVRConfig):
-        self.cfg = cfg
-        self.model, self.tok, self.device = setup(cfg)
-        self.out = Path(cfg.out_dir)
-        self.prompts, report = load_rl_prompts(cfg.data, self.tok, max_prompt_length=cfg.max_prompt_len)
-        write_json(self.out / "data_report.json", {"rl_prompts": str(report)})
-        if not self.prompts:
-            raise ValueError(f"no usable RLVR prompts in {cfg.data}: {report}")
-        log(f"rlvr ({cfg.algorithm}): {len(self.prompts)} prompts ({report})")
-        self.ref = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.beta else None
-        self._gen = torch.Generator().manual_seed(cfg.seed)
-        self._order: list[int] = []
-        self.n_steps = min(cfg.steps, cfg.max_steps or cfg.steps)
-
-    def rollout(self, step: int) -> Rollout:
-        picked = []
-        for _ in range(self.cfg.batch_size):
-            if not self._order:
-                self._order = torch.randperm(len(self.prompts), generator=self._gen).tolist()
-            picked.append(self.prompts[self._order.pop()])
-        return sample_rollout(self.model, self.tok, self.cfg, picked, step)
-
-    def logps(self, model, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(self.cfg, self.device):
-            return token_logps(model, ids, labels, temperature=self.cfg.temperature)
-
-    def finish(self, records: list[dict]) -> dict:
-        path = save_final(self.model, self.tok, self.out)
-        try:
-            from olmo2.posttrain.common import plot_rewards
-
-            plot_rewards(self.out)
-        except ImportError:  # matplotlib is optional
-            pass
-        k = max(1, len(records) // 4)
-        summary = {
-            "algorithm": self.cfg.algorithm,
-            "steps": len(records),
-            "reward_first_quarter": sum(r["reward_mean"] for r in records[:k]) / k,
-            "reward_last_quarter": sum(r["reward_mean"] for r in records[-k:]) / k,
-            "model": str(path),
-            "prompts": len(self.prompts),
-        }
-        write_json(self.out / "summary.json", summary)
-        return summary
+def finish_rlvr(run: StageRun, records: list[dict], n_prompts: int) -> dict:
+    """The reward plot and the summary of an RLVR run, GRPO or PPO."""
+    if run.env.is_main:
+        with contextlib.suppress(ImportError):  # matplotlib is optional
+            plot_rewards(run.out)
+    k = max(1, len(records) // 4)
+    summary = {
+        "algorithm": run.cfg.algorithm,
+        "steps": len(records),
+        "reward_first_quarter": sum(r["reward_mean"] for r in records[:k]) / k,
+        "reward_last_quarter": sum(r["reward_mean"] for r in records[-k:]) / k,
+        "model": str(run.out / "model"),
+        "prompts": n_prompts,
+    }
+    run.write_json("summary.json", summary)
+    return summary
 
 
 def train_rlvr(cfg: RLVRConfig) -> dict:
-    """Train; write ``metrics.jsonl`` (reward_mean, kl, ...), ``rewards.png``, ``summary.json`` and
-    ``model/``."""
-    if cfg.algorithm == "ppo":
-        from olmo2.posttrain.ppo import train_ppo
-
-        return train_ppo(cfg)
-    return train_grpo(cfg)
-
-
-def train_grpo(cfg: RLVRConfig) -> dict:
-    run = RLRun(cfg)
-    model, device = run.model, run.device
-
-    def step_fn(_item, step: int) -> dict:
-        roll = run.rollout(step)
-        adv = group_advantages(roll.scores, cfg.group_size)
-        seqs = roll.sequences()
-        n_resp = sum(len(r) for r in roll.responses)
-        totals = {"policy_loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
-        for idx in batched(list(range(len(seqs))), cfg.micro_batch_size):
-            b = collate([seqs[i] for i in idx])
-            ids, labels = b.input_ids.to(device), b.labels.to(device)
-            logps, mask = run.logps(model, ids, labels)
-            ref_logps = None
-            if run.ref is not None:
-                with torch.no_grad():
-                    ref_logps, _ = run.logps(run.ref, ids, labels)
-            n_mb = int(mask.sum())
-            res = grpo_loss(
-                logps,
-                adv[idx].to(device),
-                mask,
-                ref_logps=ref_logps,
-                beta=cfg.beta,
-                clip_eps=cfg.clip_eps,
-                kl_estimator=cfg.kl_estimator,
-                normalization=cfg.normalization,
-                num_tokens=max(n_resp, 1) if cfg.normalization == "token" else None,
-            )
-            scale = 1.0 if cfg.normalization == "token" else len(idx) / len(seqs)
-            (res.loss * scale).backward()
-            totals["policy_loss"] += float(res.policy_loss) * scale  # parts of the step's mean
-            totals["kl"] += float(res.kl) * scale
-            totals["clip_frac"] += float(res.clip_frac) * n_mb / max(n_resp, 1)
-        return {**roll.metrics(), **totals}
-
-    records = train_loop(cfg, model, [None] * run.n_steps, step_fn, out_dir=run.out)
-    return run.finish(records)
+    """Train (or resume) on the engine; write ``metrics.jsonl`` (reward_mean, kl, ...), checkpoints,
+    ``rewards.png``, ``summary.json`` and ``model/``."""
+    with stage_run(cfg) as run:
+        prompts = load_prompts(run)
+        data = GlobalBatches(
+            len(prompts),
+            cfg.batch_size,
+            seed=cfg.seed,
+            rank=run.env.rank,
+            world_size=run.env.world_size,
+            what="RLVR prompts",
+        )
+        total = min(cfg.steps, cfg.max_steps or cfg.steps)
+        model = load_policy(run)
+        ref = load_policy(run, frozen=True) if cfg.beta else None
+        if cfg.algorithm == "ppo":
+            module = PPOModule(run, model, ref, prompts, total)
+        else:
+            module = GRPOModule(run, model, ref, prompts, total)
+        return finish_rlvr(run, fit_stage(run, module, data, total), len(prompts))

@@ -1,33 +1,47 @@
 """``olmo2 sft CONFIG``: supervised fine-tuning on chats, loss on assistant tokens only (spec §6.2).
 
 The loss is the chunked cross-entropy of ``olmo2.train.loss.lm_loss`` applied to the target positions'
-hidden states only, so the [B, T, 100k] logits never exist and prompt tokens cost no LM-head matmul. ``loss_reduction="sum"`` (the recipe) weights every target token of a global batch
-equally: the summed token losses of all micro-batches, divided by the batch's target count (a constant
-per step, which AdamW is invariant to apart from clipping). ``"mean"`` averages each micro-batch's mean.
+hidden states only, so the [B, T, 100k] logits never exist and prompt tokens cost no LM-head matmul.
+``loss_reduction="sum"`` (the recipe) weights every target token of a global batch equally: the
+summed token losses of all micro-batches on all ranks, divided by the batch's target count (a constant
+per step, which AdamW is invariant to apart from clipping). ``"mean"`` averages each micro-batch's
+mean. Runs on the training engine: ``torchrun`` with FSDP2/DDP, checkpoints, exact resume.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Literal
 
-from olmo2.config import load_config
-from olmo2.posttrain.common import (
-    PostTrainConfig,
-    autocast,
-    batched,
-    epoch_batches,
-    save_final,
-    setup,
-    train_loop,
-    write_json,
-)
-from olmo2.posttrain.data import collate, load_sft, pack_examples
-from olmo2.train.loss import IGNORE_INDEX, lm_loss, shift_labels
-from olmo2.train.monitor import log
+import torch
 
-__all__ = ["SFTConfig", "load_sft_config", "train_sft"]
+from olmo2.posttrain.common import (
+    GlobalBatches,
+    PostTrainConfig,
+    StageRun,
+    fit_stage,
+    load_policy,
+    load_posttrain_config,
+    posttrain_optim,
+    stage_run,
+)
+from olmo2.posttrain.data import PackedRow, SFTExample, collate, load_sft, pack_examples
+from olmo2.train.distributed import all_reduce_sum
+from olmo2.train.engine import (
+    Part,
+    ScheduledOptimizer,
+    SpikeGuard,
+    TrainModule,
+    apply_update,
+    chunks,
+    global_count,
+)
+from olmo2.train.loss import shift_labels
+from olmo2.train.monitor import flops_per_token
+from olmo2.train.optim import OptimConfig
+from olmo2.train.runtime import autocast, sync_gradients
+
+__all__ = ["SFTConfig", "SFTModule", "load_sft_config", "train_sft"]
 
 
 @dataclass
@@ -35,7 +49,7 @@ class SFTConfig(PostTrainConfig):
     """Defaults follow spec §6.2 (2 epochs, 4096 tokens, sum loss, 3% warmup, linear, wd 0)."""
 
     out_dir: str = "runs/sft"
-    lr: float = 5e-6
+    optim: OptimConfig = field(default_factory=lambda: posttrain_optim(5e-6))
     epochs: int = 2
     max_seq_len: int = 4096
     batch_size: int = 128
@@ -51,61 +65,109 @@ class SFTConfig(PostTrainConfig):
 
 
 def load_sft_config(path=None, overrides: list[str] | None = None) -> SFTConfig:
-    return load_config(SFTConfig, path, overrides)
+    return load_posttrain_config(SFTConfig, path, overrides)
+
+
+class SFTModule(TrainModule):
+    """One SFT step: CE on assistant tokens, normalised over the global batch ("sum": every target
+    token of the batch weighs the same whatever the micro-batching or the number of ranks; "mean":
+    the mean of the micro-batches' means)."""
+
+    def __init__(self, run: StageRun, model, items: list[SFTExample | PackedRow], total_steps: int):
+        cfg = run.cfg
+        self.run, self.cfg, self.model, self.items = run, cfg, model, items
+        self.optim = ScheduledOptimizer(model, cfg.optim, cfg.schedule, total_steps)
+        self.flops_per_token = flops_per_token(model.config, cfg.max_seq_len)
+        self.peak_flops = run.peak_flops
+
+    def parts(self) -> dict[str, Part]:
+        return {"model": Part(self.model, self.optim.optimizer)}
+
+    def train_step(self, batch: list[int], step: int, guard: SpikeGuard | None) -> dict:
+        cfg, env, model = self.cfg, self.run.env, self.model
+        lr = self.optim.set_lr(step)
+        rows = [self.items[i] for i in batch]
+        n_targets = global_count(sum(x.n_targets for x in rows), env.device).clamp(min=1.0)
+        micro = chunks(rows, cfg.micro_batch_size)
+        # [CE summed over targets, tokens (not padding), examples], over this rank's micro-batches
+        sums = torch.zeros(3, device=env.device)
+        for i, mb in enumerate(micro):
+            b = collate(mb, length=cfg.max_seq_len if cfg.packing else None)
+            kwargs = {}
+            if cfg.packing:
+                kwargs = {
+                    "positions": b.position_ids.to(env.device),
+                    "mask": b.attention_mask_4d().to(env.device),
+                }
+            if cfg.loss_reduction == "sum":
+                norm = n_targets
+            else:
+                norm = torch.tensor(
+                    float(max(b.n_targets, 1) * len(micro) * env.world_size), device=env.device
+                )
+            with sync_gradients(model, i == len(micro) - 1), autocast(env.device, self.run.dtype):
+                out = model(
+                    b.input_ids.to(env.device),
+                    labels=shift_labels(b.labels).to(env.device),
+                    targets_only=True,  # prompts cost no LM-head matmul
+                    loss_normalizer=norm,
+                    **kwargs,
+                )
+                (out.ce_loss * env.world_size).backward()  # DDP/FSDP average over ranks: undo it
+            n_examples = sum(len(getattr(x, "lengths", [0])) for x in mb)
+            sums += torch.stack(
+                [
+                    out.ce_loss.detach() * norm,
+                    (b.segment_ids > 0).sum().to(sums),
+                    torch.tensor(float(n_examples)),
+                ]
+            )
+        sums = all_reduce_sum(sums)
+        # The watched loss first: CE per target token (either reduction), then the counts.
+        outcome = apply_update(
+            [self.optim.update_part], torch.cat([sums[:1] / n_targets, sums[1:], n_targets.reshape(1)]), guard
+        )
+        loss, n_tokens, n_examples, targets = outcome.values
+        return {
+            "loss": loss,
+            **outcome.record(),
+            "lr": lr,
+            "n_targets": int(targets),
+            "n_tokens": int(n_tokens),
+            "n_examples": int(n_examples),
+        }
 
 
 def train_sft(cfg: SFTConfig) -> dict:
-    """Train; write ``metrics.jsonl``, ``data_report.json`` and ``model/``; return a summary."""
-    model, tok, device = setup(cfg)
-    out = Path(cfg.out_dir)
-    examples, report = load_sft(cfg.data, tok, max_length=cfg.max_seq_len, train_on=cfg.train_on)
-    write_json(out / "data_report.json", {"sft": str(report)})
-    if not examples:
-        raise ValueError(f"no usable SFT examples in {cfg.data}: {report}")
-    log(f"sft: {len(examples)} examples ({report})")
-    items = pack_examples(examples, cfg.max_seq_len) if cfg.packing else examples
-
-    def step_fn(batch: list, step: int) -> dict:
-        n_targets = sum(sum(t != -100 for t in x.labels) for x in batch)
-        micro = batched(batch, cfg.micro_batch_size)
-        loss_sum, n_tokens = 0.0, 0
-        for mb in micro:
-            b = collate(mb, length=cfg.max_seq_len if cfg.packing else None)
-            ids, labels = b.input_ids.to(device), shift_labels(b.labels).to(device)
-            kwargs = {}
-            if cfg.packing:
-                kwargs = {"positions": b.position_ids.to(device), "mask": b.attention_mask_4d().to(device)}
-            mb_targets = max(b.n_targets, 1)
-            norm = n_targets if cfg.loss_reduction == "sum" else mb_targets * len(micro)
-            with autocast(cfg, device):
-                # Only target positions reach the (chunked) LM head: prompts cost no vocab-sized matmul.
-                hidden = model.hidden_states(ids, **kwargs)
-                keep = labels != IGNORE_INDEX
-                res = lm_loss(
-                    hidden[keep],
-                    model.lm_head.weight,
-                    labels[keep],
-                    z_loss_multiplier=0.0,
-                    normalizer=float(norm),
-                )
-            res.ce_loss.backward()
-            loss_sum += float(res.ce_loss.detach()) * norm
-            n_tokens += int((b.segment_ids > 0).sum())
-        return {
-            "loss": loss_sum / max(n_targets, 1),  # CE per target token, either reduction
-            "n_targets": n_targets,
-            "n_tokens": n_tokens,
-            "n_examples": sum(len(getattr(x, "lengths", [0])) for x in batch),
+    """Train (or resume) on the engine; write ``metrics.jsonl``, ``data_report.json``, checkpoints and
+    ``model/``; return a summary."""
+    with stage_run(cfg) as run:
+        examples, report = load_sft(
+            cfg.data, run.tok, max_length=cfg.max_seq_len, train_on=cfg.train_on, strict=cfg.strict
+        )
+        run.write_json("data_report.json", {"sft": report.to_dict()})
+        if not examples:
+            raise ValueError(f"no usable SFT examples in {cfg.data}: {report.summary()}")
+        run.log(report.summary())
+        items = pack_examples(examples, cfg.max_seq_len) if cfg.packing else examples
+        data = GlobalBatches(
+            len(items),
+            cfg.batch_size,
+            seed=cfg.seed,
+            rank=run.env.rank,
+            world_size=run.env.world_size,
+            what="SFT rows" if cfg.packing else "SFT examples",
+        )
+        total = data.steps_per_epoch * cfg.epochs
+        total = min(total, cfg.max_steps) if cfg.max_steps else total
+        model = load_policy(run)
+        records = fit_stage(run, SFTModule(run, model, items, total), data, total)
+        summary = {
+            "steps": len(records),
+            "first_loss": records[0]["loss"] if records else None,
+            "final_loss": records[-1]["loss"] if records else None,
+            "model": str(run.out / "model"),
+            "examples": len(examples),
         }
-
-    records = train_loop(cfg, model, epoch_batches(items, cfg), step_fn, out_dir=out)
-    path = save_final(model, tok, out)
-    summary = {
-        "steps": len(records),
-        "first_loss": records[0]["loss"] if records else None,
-        "final_loss": records[-1]["loss"] if records else None,
-        "model": str(path),
-        "examples": len(examples),
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+        run.write_json("summary.json", summary)
+        return summary

@@ -52,21 +52,16 @@ class SpikeConfig:
 
 
 @dataclass
-class TrainerConfig:
-    save_folder: str
-    max_steps: int | None = None
-    max_tokens: float | None = None  # alternative to max_steps: rounded up to whole steps
+class RunConfig:
+    """How any stage's run executes (pretraining's ``trainer`` section; post-training's too)."""
+
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where it is faster
     device: str = "auto"  # auto: cuda if available, else cpu
     parallel: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"  # auto: fsdp if several ranks
     hsdp_replicas: int | None = None  # hsdp: number of replica groups (default: one per node)
     activation_checkpointing: bool = False
     compile: bool = False
-    z_loss_multiplier: float = 1e-5  # paper Tab 1 / 32B (spec §12.1 lists the 1e-4 alternative)
-    loss_chunk_size: int = 512  # logits rows per chunk: 512 x 100352 fp32 = 205 MB per buffer
     log_every: int = 1
-    eval_every: int = 0  # steps between held-out evaluations (0: only at the end, if validation set)
-    init_seed: int = 0  # model initialisation seed
     spikes: SpikeConfig = field(default_factory=SpikeConfig)
     gc_every: int = 100  # explicit Python GC every N steps on all ranks together (spec §9.1)
     # CPU runs: tensors of at least this many MiB get their own mmap and go back to the OS when freed
@@ -80,6 +75,24 @@ class TrainerConfig:
                 "trainer.cpu_malloc_mmap_threshold_mib must be in [0, 32] (glibc caps its threshold at 32 MiB), "
                 f"got {self.cpu_malloc_mmap_threshold_mib}"
             )
+        if self.log_every < 1:
+            raise ValueError(f"trainer.log_every must be >= 1, got {self.log_every}")
+
+
+@dataclass(kw_only=True)
+class TrainerConfig(RunConfig):
+    """Pretraining's run: ``RunConfig`` plus its length, loss settings and held-out evaluation."""
+
+    save_folder: str
+    max_steps: int | None = None
+    max_tokens: float | None = None  # alternative to max_steps: rounded up to whole steps
+    z_loss_multiplier: float = 1e-5  # paper Tab 1 / 32B (spec §12.1 lists the 1e-4 alternative)
+    loss_chunk_size: int = 512  # logits rows per chunk: 512 x 100352 fp32 = 205 MB per buffer
+    eval_every: int = 0  # steps between held-out evaluations (0: only at the end, if validation set)
+    init_seed: int = 0  # model initialisation seed
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if (self.max_steps is None) == (self.max_tokens is None):
             raise ValueError("set exactly one of trainer.max_steps and trainer.max_tokens")
         if self.max_steps is not None and self.max_steps <= 0:

@@ -6,12 +6,15 @@ collectives through the helpers here, which are no-ops in a single process.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 
 @dataclass
@@ -99,8 +102,10 @@ def parallelize(
     *,
     param_dtype: torch.dtype | None = None,
     hsdp_replicas: int | None = None,
+    blocks: list[nn.Module] | None = None,
 ) -> nn.Module:
-    """Shard (FSDP2 ``fully_shard`` per block, then the root) or replicate (DDP) the model."""
+    """Shard (FSDP2 ``fully_shard`` per block, then the root) or replicate (DDP) the model;
+    ``blocks`` default to ``model.model.layers``."""
     parallel = resolve_parallel(parallel, env.world_size)
     if parallel == "none":
         return model
@@ -122,7 +127,7 @@ def parallelize(
     else:
         mesh = init_device_mesh(env.device.type, (env.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for layer in model.model.layers:
+    for layer in model.model.layers if blocks is None else blocks:
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
     return model
@@ -131,3 +136,40 @@ def parallelize(
 def unwrap(model: nn.Module) -> nn.Module:
     """The ``Olmo2`` inside a DDP wrapper (FSDP2 shards in place and needs no unwrapping)."""
     return getattr(model, "module", model)
+
+
+def all_gather_cat(value: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``value`` (same shape on all), concatenated along dim 0 in rank order."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        out = [torch.empty_like(value) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, value)
+        return torch.cat(out)
+    return value
+
+
+@contextlib.contextmanager
+def full_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """The bare model with every parameter whole on this rank, so that the rank can run forward passes
+    of its own (sampling rollouts: each rank stops when its rows are done, with no collective inside).
+
+    FSDP2: one all-gather of every block and the root, kept until the context ends, then resharded;
+    DDP: the wrapped module; otherwise the model itself. Call on all ranks together.
+    """
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not sharded:
+        yield unwrap(model)
+        return
+    with torch.no_grad():  # FSDP sets up its root state on the first forward: make sure it has run
+        model(torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device))
+    blocks = [m for m in sharded if m is not model]
+    for m in sharded:
+        m.unshard()
+    for m in blocks:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield model
+    finally:
+        for m in blocks:
+            m.set_reshard_after_forward(True, recurse=False)
+        for m in sharded:
+            m.reshard()

@@ -43,15 +43,21 @@ def build_parallel_model(
     hsdp_replicas: int | None = None,
     activation_checkpointing: bool = False,
     compile: bool = False,
+    backbone: nn.Module | None = None,
 ) -> nn.Module:
     """``model`` made ready to train: activation checkpointing, per-block ``torch.compile``, then
-    sharded or replicated over the ranks (bf16 parameters inside FSDP on CUDA)."""
-    model.activation_checkpointing = activation_checkpointing
+    sharded or replicated over the ranks (bf16 parameters inside FSDP on CUDA). ``backbone`` is the
+    ``Olmo2`` whose blocks these apply to, when ``model`` wraps one (PPO's value model)."""
+    backbone = model if backbone is None else backbone
+    backbone.activation_checkpointing = activation_checkpointing
+    blocks = list(backbone.model.layers)
     if compile:
-        for layer in model.model.layers:
+        for layer in blocks:
             layer.compile()
     fsdp_dtype = dtype if env.device.type == "cuda" and dtype != torch.float32 else None
-    model = parallelize(model, env, parallel, param_dtype=fsdp_dtype, hsdp_replicas=hsdp_replicas)
+    model = parallelize(
+        model, env, parallel, param_dtype=fsdp_dtype, hsdp_replicas=hsdp_replicas, blocks=blocks
+    )
     return model.train()
 
 

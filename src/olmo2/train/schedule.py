@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 
@@ -19,6 +19,7 @@ from typing import Literal
 class ScheduleConfig:
     name: Literal["cosine", "linear", "wsd", "constant"] = "cosine"
     warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # alternative to warmup_steps: this fraction of the run (post-training)
     t_max: int | None = None  # steps at which the decay reaches alpha_f; default: the run's length
     alpha_f: float = 0.1  # final LR as a fraction of the peak
     decay_steps: int | None = None  # wsd only: length of the final decay
@@ -26,6 +27,10 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_ratio and self.warmup_steps:
+            raise ValueError("set one of warmup_steps and warmup_ratio, not both")
         if not 0.0 <= self.alpha_f <= 1.0:
             raise ValueError(f"alpha_f must be in [0, 1], got {self.alpha_f}")
         if self.t_max is not None and self.t_max <= self.warmup_steps:
@@ -35,7 +40,9 @@ class ScheduleConfig:
 
 
 def lr_factor(cfg: ScheduleConfig, step: int, total_steps: int) -> float:
-    """The LR at optimizer step ``step`` (1-based) as a fraction of the peak."""
+    """The LR at optimizer step ``step`` (1-based) of a ``total_steps`` run, as a fraction of the peak."""
+    if cfg.warmup_ratio:
+        cfg = replace(cfg, warmup_steps=int(cfg.warmup_ratio * total_steps), warmup_ratio=0.0)
     if cfg.warmup_steps and step <= cfg.warmup_steps:
         return step / cfg.warmup_steps
     t_max = cfg.t_max or total_steps
