@@ -129,12 +129,15 @@ class DPOModule(TrainModule):
 
     console_keys = ("margin", "accuracy")
 
-    def __init__(self, run: StageRun, model, pairs: list[PreferenceExample], ref: dict, total_steps: int):
+    def __init__(self, run: StageRun, model, pairs: list[PreferenceExample], total_steps: int):
         cfg = run.cfg
-        self.run, self.cfg, self.model, self.pairs, self.ref = run, cfg, model, pairs, ref
+        self.run, self.cfg, self.model, self.pairs = run, cfg, model, pairs
+        # The optimizer takes the parameters before any forward: FSDP2 leaves the root's parameters
+        # gathered after a forward without backward, and AdamW must hold the sharded ones.
         self.optim = ScheduledOptimizer(model, cfg.optim, cfg.schedule, total_steps)
         self.flops_per_token = flops_per_token(model.config, cfg.max_seq_len)
         self.peak_flops = run.peak_flops
+        self.ref, self.reference_loaded = cached_reference_logps(model, pairs, run)  # model = reference now
 
     def parts(self) -> dict[str, Part]:
         return {"model": Part(self.model, self.optim.optimizer)}
@@ -210,13 +213,12 @@ def train_dpo(cfg: DPOConfig) -> dict:
         )
         total = data.steps_per_epoch * cfg.epochs
         total = min(total, cfg.max_steps) if cfg.max_steps else total
-        model = load_policy(run)  # the reference too, until the first update
-        ref, loaded = cached_reference_logps(model, pairs, run)
-        records = fit_stage(run, DPOModule(run, model, pairs, ref, total), data, total)
+        module = DPOModule(run, load_policy(run), pairs, total)
+        records = fit_stage(run, module, data, total)
         keys = ("loss", "margin", "accuracy")
         summary = {
             "steps": len(records),
-            "reference_cache": "loaded" if loaded else "computed",
+            "reference_cache": "loaded" if module.reference_loaded else "computed",
             "first": {k: records[0][k] for k in keys} if records else None,
             "final": {k: records[-1][k] for k in keys} if records else None,
             "model": str(run.out / "model"),

@@ -1,0 +1,183 @@
+"""SFT, DPO and GRPO on the training engine: one rank or two (FSDP2, gloo) give the same steps,
+micro-batching does not change the loss, and a run killed with SIGKILL resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from olmo2.model.checkpoint import read_state_dict, save_model
+from olmo2.model.config import ModelConfig
+from olmo2.model.transformer import build_model
+from olmo2.posttrain.sft import load_sft_config, train_sft
+from olmo2.train.monitor import read_metrics
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
+
+TINY = ModelConfig(d_model=64, n_layers=2, n_heads=4, mlp_hidden=128, max_seq_len=256)
+TIMING = {"step_time", "tokens_per_sec", "mfu"}  # differ from run to run
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory) -> dict[str, dict]:
+    """A random tiny model and, per stage, a config (as a dict) that trains it for a few steps."""
+    root = tmp_path_factory.mktemp("stages")
+    model = root / "model"
+    save_model(build_model(TINY, seed=0), model)
+    chats = [
+        {"messages": [{"role": "user", "content": f"Count to {n}."}, {"role": "assistant", "content": " ".join(map(str, range(1, n + 1)))}]}
+        for n in range(1, 17)
+    ]  # fmt: skip
+    pairs = [
+        {"prompt": f"What is {a} plus {a}?", "chosen": f"It is {2 * a}.", "rejected": f"It is {2 * a + 3}, sir."}
+        for a in range(1, 17)
+    ]  # fmt: skip
+    prompts = [
+        {"prompt": f"Pick a digit above {d}.", "ground_truth": str(d + 1), "verifier": "gsm8k"}
+        for d in range(8)
+    ]
+    common = {"model": str(model), "seed": 3, "trainer": {"precision": "fp32", "device": "cpu"}}
+    return {
+        "sft": {
+            **common,
+            "data": _jsonl(root / "sft.jsonl", chats),
+            "batch_size": 8,
+            "micro_batch_size": 2,
+            "epochs": 2,
+            "max_seq_len": 64,
+            "optim": {"lr": 1e-3},
+        },
+        "dpo": {
+            **common,
+            "data": _jsonl(root / "dpo.jsonl", pairs),
+            "batch_size": 8,
+            "micro_batch_size": 2,
+            "epochs": 2,
+            "max_seq_len": 64,
+            "optim": {"lr": 1e-3},
+        },
+        "rlvr": {
+            **common,
+            "data": _jsonl(root / "rlvr.jsonl", prompts),
+            "steps": 4,
+            "batch_size": 2,
+            "group_size": 4,
+            "micro_batch_size": 4,
+            "max_new_tokens": 6,
+            "beta": 0.05,
+            "optim": {"lr": 1e-3},
+        },
+    }
+
+
+def _config(tmp_path: Path, stage: str, cfg: dict, **changes) -> Path:
+    path = tmp_path / f"{stage}-{len(list(tmp_path.glob('*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump({**cfg, **changes}))
+    return path
+
+
+def _cli(stage: str, config: Path, *overrides: str, nproc: int = 1) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, "-m", "olmo2.cli", stage, str(config), *overrides]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={port}",
+    ]
+    return [*launcher, "-m", "olmo2.cli", stage, str(config), *overrides]
+
+
+def _run(cmd: list[str]) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _rows(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run)]
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "rlvr"])
+def test_two_fsdp_ranks_give_the_one_rank_steps(stages, tmp_path, stage):
+    config = _config(tmp_path, stage, stages[stage])
+    _run(_cli(stage, config, f"out_dir={tmp_path / 'one'}"))
+    _run(_cli(stage, config, f"out_dir={tmp_path / 'two'}", "trainer.parallel=fsdp", nproc=2))
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert len(one) == len(two) >= 4
+    for a, b in zip(one, two, strict=True):
+        for key in ("loss", "grad_norm", *(("reward_mean", "kl") if stage == "rlvr" else ())):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["step"], key)
+        assert a.get("n_targets") == b.get("n_targets")
+    if stage == "rlvr":  # the same rollouts: rewards differ from step to step, identically
+        assert [r["reward_mean"] for r in one] == [r["reward_mean"] for r in two]
+    wa, wb = read_state_dict(tmp_path / "one/model"), read_state_dict(tmp_path / "two/model")
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
+
+
+def test_sft_micro_batches_do_not_change_the_loss(stages, tmp_path):
+    runs = {}
+    for micro in (8, 2):  # 1 x 8 and 4 x 2 per step
+        overrides = [f"micro_batch_size={micro}", f"out_dir={tmp_path / str(micro)}"]
+        config = _config(tmp_path, "sft", stages["sft"])
+        train_sft(load_sft_config(config, overrides))
+        runs[micro] = read_metrics(tmp_path / str(micro))
+    for a, b in zip(runs[8], runs[2], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+        assert a["n_targets"] == b["n_targets"]
+
+
+def _kill_after(proc: subprocess.Popen, run: Path, lines: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    metrics = run / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= lines:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "rlvr"])
+def test_sigkill_then_rerun_reproduces_the_uninterrupted_run(stages, tmp_path, stage):
+    cfg = dict(stages[stage], checkpoint={"save_every": 2, "keep_last": 0})
+    if stage == "rlvr":
+        cfg["steps"] = 12
+    else:
+        cfg["epochs"] = 6
+    config = _config(tmp_path, stage, cfg)
+    _run(_cli(stage, config, f"out_dir={tmp_path / 'whole'}"))
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cli(stage, config, f"out_dir={run}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _kill_after(proc, run, lines=5)  # the step-4 checkpoint is complete before step 5 is logged
+    done = len(read_metrics(run))
+    assert done < len(read_metrics(tmp_path / "whole")), "the run finished before it could be killed"
+    again = subprocess.run(_cli(stage, config, f"out_dir={run}"), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "resumed from" in again.stderr
+    assert _rows(tmp_path / "whole") == _rows(run)
+    wa, wb = read_state_dict(tmp_path / "whole/model"), read_state_dict(run / "model")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not list(run.glob(".step*.tmp"))
