@@ -6,19 +6,30 @@
 Every step writes a marker (``OUT/.done/<step>.json``) when it completes and is skipped when its
 marker exists; a step killed half-way is simply run again, and training steps resume from their own
 latest checkpoint, so an interrupted recipe redoes only what was unfinished.
+
+Training steps run in this process, or, with ``launch.nproc_per_node`` above 1, each as a
+``torchrun --standalone`` subprocess of ``olmo2 train|sft|dpo|rlvr`` on this machine; both return the
+same summary.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shlex
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from olmo2.config import ConfigError, load_config
+from olmo2.posttrain.common import stage_functions
 from olmo2.train.checkpoint import latest_checkpoint, read_train_state
+from olmo2.train.config import load_train_config
 from olmo2.train.monitor import log
+from olmo2.train.trainer import train
 
 
 @dataclass
@@ -71,6 +82,96 @@ class RecipePostTrainConfig:
         return [(name, getattr(self, name)) for name in ("sft", "dpo", "rlvr") if getattr(self, name)]
 
 
+# torchrun options the runner sets itself (a recipe launches on this machine only)
+_RESERVED_TORCHRUN_ARGS = ("--standalone", "--nproc_per_node", "--nproc-per-node", "--nnodes")
+
+
+@dataclass
+class LaunchConfig:
+    """How the recipe runs its training steps (stage 1, anneals, SFT/DPO/RLVR). ``nproc_per_node``
+    1: in the recipe's own process, as ever. Above 1: each step as
+    ``python -m torch.distributed.run --standalone --nproc_per_node=N [torchrun_args] -m olmo2.cli
+    train|sft|dpo|rlvr CONFIG OVERRIDES``, i.e. N ranks (one per GPU) on this machine."""
+
+    nproc_per_node: int = 1
+    torchrun_args: list[str] = field(default_factory=list)  # more torchrun options, e.g. --max_restarts=1
+
+    def __post_init__(self) -> None:
+        if self.nproc_per_node < 1:
+            raise ValueError(f"launch.nproc_per_node must be at least 1, got {self.nproc_per_node}")
+        for arg in self.torchrun_args:
+            if not arg.startswith("-"):
+                raise ValueError(
+                    f"launch.torchrun_args: {arg!r} is not an option; give options as single items "
+                    "such as --max_restarts=1 (the program and its arguments are the recipe's)"
+                )
+            if arg.split("=", 1)[0] in _RESERVED_TORCHRUN_ARGS:
+                raise ValueError(
+                    f"launch.torchrun_args: {arg!r} is set by the recipe (--standalone, "
+                    "--nproc_per_node=launch.nproc_per_node); for several nodes use scripts/slurm/olmo2.sbatch"
+                )
+
+    def command(self, stage: str, config: str, overrides: list[str]) -> list[str]:
+        """The torchrun command line of one ``olmo2 STAGE CONFIG OVERRIDES`` run."""
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={self.nproc_per_node}",
+            *self.torchrun_args,
+            "-m",
+            "olmo2.cli",
+            stage,
+            str(config),
+            *overrides,
+        ]
+
+
+class StageFailed(RuntimeError):
+    """A training step launched as a subprocess exited with an error; the message names it."""
+
+
+def run_stage_command(step: str, cmd: list[str]) -> dict:
+    """Run one ``olmo2 train|sft|dpo|rlvr`` command line and return the JSON summary it prints as its
+    last line on stdout. Its stderr goes straight through; its stdout is streamed to our stderr (the
+    recipe's log), so the recipe's own stdout stays clean."""
+    log(f"recipe: {step}: {shlex.join(cmd)}")
+    lines = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            lines.append(line)
+    if proc.returncode != 0:
+        raise StageFailed(
+            f"recipe step {step} failed: exit status {proc.returncode} of\n  {shlex.join(cmd)}\n"
+            "(its output is above; rerun the recipe to resume the step from its last checkpoint)"
+        )
+    summary = _last_json_object(lines)
+    if summary is None:
+        raise StageFailed(
+            f"recipe step {step}: no JSON summary among the stdout lines of\n  {shlex.join(cmd)}"
+        )
+    return summary
+
+
+def _last_json_object(lines: list[str]) -> dict | None:
+    """The last line that is a JSON object (rank 0 prints the summary last; other lines are logs)."""
+    for line in reversed(lines):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def _in_process(stage: str) -> tuple[Callable, Callable]:
+    """``(load_config(path, overrides), train(cfg) -> summary)`` of ``train``, ``sft``, ``dpo`` or ``rlvr``."""
+    return (load_train_config, train) if stage == "train" else stage_functions(stage)
+
+
 @dataclass
 class RecipeConfig:
     name: str
@@ -83,6 +184,7 @@ class RecipeConfig:
     posttrain: RecipePostTrainConfig | None = None
     demo_corpus: bool = False  # build the built-in demo corpus and expose it as ${OLMO2_DEMO_DATA}
     variables: dict[str, str] = field(default_factory=dict)  # data.variables for every training run
+    launch: LaunchConfig = field(default_factory=LaunchConfig)  # in process, or torchrun per step
 
 
 class Recipe:
@@ -118,13 +220,18 @@ class Recipe:
         info["seconds"] = round(time.perf_counter() - start, 1)
         return self._mark(step, info)
 
-    def _train(self, config: str, save_folder: Path, extra: list[str]) -> dict:
-        from olmo2.train.config import load_train_config
-        from olmo2.train.trainer import train
+    def _launch(self, step: str, stage: str, config: str, overrides: list[str]) -> dict:
+        """Run ``olmo2 STAGE CONFIG OVERRIDES`` (stage: train, sft, dpo or rlvr) in this process, or
+        under torchrun when ``launch.nproc_per_node`` > 1; its summary either way."""
+        if self.cfg.launch.nproc_per_node == 1:
+            load, run = _in_process(stage)
+            return run(load(config, overrides))
+        return run_stage_command(step, self.cfg.launch.command(stage, config, overrides))
 
+    def _train(self, step: str, config: str, save_folder: Path, extra: list[str]) -> dict:
         variables = [f"data.variables.{k}={v}" for k, v in self.variables.items()]
         overrides = [*variables, *extra, *self.train_overrides, f"trainer.save_folder={save_folder}"]
-        summary = train(load_train_config(config, overrides))
+        summary = self._launch(step, "train", config, overrides)
         final = latest_checkpoint(save_folder)
         return {"checkpoint": str(final), "run_dir": str(save_folder), **summary}
 
@@ -137,8 +244,6 @@ class Recipe:
 
     def check_posttrain(self) -> None:
         """Load every post-training config now, so a bad key fails before hours of pretraining."""
-        from olmo2.posttrain.common import stage_functions
-
         for name, config in self.cfg.posttrain.stages() if self.cfg.posttrain else []:
             load, _ = stage_functions(name)
             load(config, self._posttrain_overrides(name, "soup"))
@@ -155,7 +260,9 @@ class Recipe:
         s1 = self.cfg.stage1
         if s1.checkpoint is not None:
             return self._step("stage1", lambda: {"checkpoint": s1.checkpoint, "run_dir": None, "lr": s1.lr})
-        return self._step("stage1", lambda: self._train(s1.config, self.out / "stage1", list(s1.overrides)))
+        return self._step(
+            "stage1", lambda: self._train("stage1", s1.config, self.out / "stage1", list(s1.overrides))
+        )
 
     def handoff_lr(self, stage1: dict) -> float:
         if self.cfg.anneal.lr is not None:
@@ -180,10 +287,10 @@ class Recipe:
                 f"data.seed={seed}",
                 f"optim.lr={lr}",
             ]
-            folder = self.out / f"anneal-seed{seed}"
+            step, folder = f"anneal-seed{seed}", self.out / f"anneal-seed{seed}"
             runs.append(
                 self._step(
-                    f"anneal-seed{seed}", lambda f=folder, e=extra: self._train(self.cfg.anneal.config, f, e)
+                    step, lambda s=step, f=folder, e=extra: self._train(s, self.cfg.anneal.config, f, e)
                 )
             )
         return runs
@@ -222,8 +329,6 @@ class Recipe:
         return self._step(f"eval-{name}", run)
 
     def posttrain(self, start: str) -> dict[str, dict]:
-        from olmo2.posttrain.common import stage_functions
-
         pt = self.cfg.posttrain
         if pt is None or not pt.stages():
             return {}
@@ -237,10 +342,9 @@ class Recipe:
             self._step("posttrain-data", write)
         results, model = {}, start
         for name, config in pt.stages():
-            load, train = stage_functions(name)
-            overrides = self._posttrain_overrides(name, model)
+            step, overrides = f"posttrain-{name}", self._posttrain_overrides(name, model)
             results[name] = self._step(
-                f"posttrain-{name}", lambda ld=load, tr=train, c=config, o=overrides: tr(ld(c, o))
+                step, lambda s=step, n=name, c=config, o=overrides: self._launch(s, n, c, o)
             )
             model = results[name]["model"]
         return results
