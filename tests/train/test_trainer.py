@@ -4,7 +4,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -196,38 +195,20 @@ def test_plot_writes_png(make_train_config, tmp_path, capsys):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_match_one(make_train_config, tmp_path, parallel):
-    """ddp also saves asynchronously (its Gloo group for DCP runs beside the training collectives)."""
+def test_two_processes_match_one(make_train_config, tmp_path, torchrun_train, assert_runs_match, parallel):
+    """ddp also saves asynchronously (its Gloo group for DCP runs beside the training collectives).
+    HSDP's meshes: tests/train/test_parallel_variants.py."""
     config = make_train_config()
     single = tmp_path / "single"
     train(load_train_config(config, [f"trainer.save_folder={single}", "trainer.max_steps=4"]))
-    multi = tmp_path / parallel
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={port}",
-        "-m",
-        "olmo2.cli",
-        "train",
-        str(config),
-        f"trainer.save_folder={multi}",
+    multi = torchrun_train(
+        config,
+        tmp_path / parallel,
         "trainer.max_steps=4",
         f"trainer.parallel={parallel}",
         f"checkpoint.async_save={parallel == 'ddp'}",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    for a, b in zip(_metrics(single), _metrics(multi), strict=True):
-        assert a["batch_hash"] == b["batch_hash"]
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    wa, wb = read_state_dict(single / "step4"), read_state_dict(multi / "step4")
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=2e-5)  # 4 AdamW steps of lr 3e-3
+    )
+    assert_runs_match(single, multi, step=4)  # weights: 4 AdamW steps of lr 3e-3
 
 
 def test_peak_flops_is_the_best_timed_matmul(monkeypatch):
