@@ -269,7 +269,8 @@ class Recipe:
             return self.cfg.anneal.lr
         state = Path(stage1["checkpoint"]) / "state.json"
         if state.is_file():
-            return float(read_train_state(state.parent)["lr"])
+            saved = read_train_state(state.parent)
+            return float(saved["run"]["lr"] if "run" in saved else saved["lr"])  # before the engine: "lr"
         if stage1.get("lr") is not None:
             return float(stage1["lr"])
         raise ConfigError(

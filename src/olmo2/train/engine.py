@@ -235,6 +235,7 @@ class Trainer:
     on_fresh_start: Callable[[], str] | None = None  # e.g. stage 2's init from a checkpoint; its origin
     step: int = 0
     tokens: int = 0  # trained tokens so far, over all ranks
+    lr: float | None = None  # the last step's (peak-scaled) learning rate: a stage-2 hand-off reads it
     origin: str = "fresh start"
     last_saved: Path | None = None  # the latest complete checkpoint
 
@@ -290,6 +291,7 @@ class Trainer:
     def _add_throughput(self, record: dict, elapsed: float) -> None:
         n_tokens = record.get("n_tokens", 0)
         self.tokens += n_tokens
+        self.lr = record.get("lr", self.lr)
         record.update(tokens=self.tokens, step_time=elapsed)
         if n_tokens:
             record["tokens_per_sec"] = n_tokens / elapsed
@@ -329,10 +331,11 @@ class _RunState:
         self.trainer = trainer
 
     def state_dict(self) -> dict:
-        return {"tokens": self.trainer.tokens}
+        return {"tokens": self.trainer.tokens, "lr": self.trainer.lr}
 
     def load_state_dict(self, state: dict) -> None:
         self.trainer.tokens = int(state.get("tokens", 0))
+        self.trainer.lr = state.get("lr")
 
 
 def global_count(local: int | torch.Tensor, device: torch.device) -> torch.Tensor:
