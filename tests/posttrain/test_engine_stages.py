@@ -188,3 +188,20 @@ def test_sigkill_then_rerun_reproduces_the_uninterrupted_run(stages, tmp_path, s
     wa, wb = read_state_dict(tmp_path / "whole/model"), read_state_dict(run / "model")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not list(run.glob(".step*.tmp"))
+
+
+def test_a_missing_model_or_too_many_ranks_fail_before_any_work(stages, tmp_path, monkeypatch):
+    from olmo2.train.distributed import DistEnv
+
+    config = _config(tmp_path, "sft", stages["sft"])
+    load, train = stage_functions("sft")
+    with pytest.raises(ValueError, match=f"model: checkpoint not found: {tmp_path}/nope"):
+        train(load(config, [f"model={tmp_path}/nope", f"out_dir={tmp_path}/a"]))
+    monkeypatch.setattr(
+        "olmo2.posttrain.common.init_distributed", lambda device: DistEnv(0, 3, 0, torch.device("cpu"))
+    )
+    with pytest.raises(
+        ValueError, match=r"batch_size \(8\) must be divisible by the number of ranks launched \(3\)"
+    ):
+        train(load(config, [f"out_dir={tmp_path}/b"]))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -26,7 +26,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from olmo2.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
-from olmo2.model.checkpoint import load_model, save_state_dict
+from olmo2.model.checkpoint import CheckpointError, load_model, resolve_model_dir, save_state_dict
 from olmo2.posttrain.chat import write_hf_chat_files
 from olmo2.tokenizer import load_tokenizer
 from olmo2.train.components import Checkpointer, GarbageCollection, MetricsWriter
@@ -223,8 +223,13 @@ class StageRun:
 
 @contextlib.contextmanager
 def stage_run(cfg: PostTrainConfig) -> Iterator[StageRun]:
-    """Join the ranks (``torchrun``) or run alone, seed, load the tokenizer, choose the precision,
-    write ``config.yaml``; leave the process group when done."""
+    """Check the input model and the rank count, join the ranks (``torchrun``) or run alone, seed,
+    load the tokenizer, choose the precision, write ``config.yaml``; leave the process group when done.
+    A bad ``model`` or ``batch_size`` fails here, naming the key, before any work."""
+    try:
+        resolve_model_dir(cfg.model)
+    except CheckpointError as e:
+        raise ValueError(f"model: {e}") from None
     env = init_distributed(cfg.trainer.device)
     try:
         if env.device.type == "cpu" and cfg.trainer.cpu_malloc_mmap_threshold_mib:
