@@ -205,3 +205,20 @@ def test_a_missing_model_or_too_many_ranks_fail_before_any_work(stages, tmp_path
     ):
         train(load(config, [f"out_dir={tmp_path}/b"]))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_strict_makes_a_bad_record_an_error_naming_its_line(stages, tmp_path):
+    lines = Path(stages["sft"]["data"]).read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        "\n".join([*lines[:3], json.dumps({"messages": [{"role": "user", "content": "hi"}]}), *lines[3:]])
+        + "\n"
+    )
+    config = _config(tmp_path, "sft", stages["sft"], data=str(bad))
+    load, train = stage_functions("sft")
+    with pytest.raises(ValueError, match=f"{bad}:4: "):
+        train(load(config, [f"out_dir={tmp_path}/strict", "strict=true", "max_steps=1"]))
+    train(load(config, [f"out_dir={tmp_path}/lenient", "max_steps=1"]))
+    report = json.loads((tmp_path / "lenient/data_report.json").read_text())["sft"]
+    assert report["read"] == 17 and report["used"] == 16 and sum(report["skipped"].values()) == 1
+    assert any(w.startswith(f"{bad}:4: ") for ws in report["where"].values() for w in ws)

@@ -118,7 +118,10 @@ def parallelize(
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if parallel == "hsdp":
-        replicas = hsdp_replicas or max(1, env.world_size // max(1, torch.cuda.device_count()))
+        # Default: one replica group per node (shard within a node, replicate across nodes); torchrun
+        # says how many ranks run on this node.
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+        replicas = hsdp_replicas or max(1, env.world_size // per_node)
         if env.world_size % replicas:
             raise ValueError(f"hsdp_replicas ({replicas}) does not divide the world size ({env.world_size})")
         mesh = init_device_mesh(
