@@ -16,7 +16,7 @@ TINY = ModelConfig(d_model=32, n_layers=1, n_heads=2, mlp_hidden=64, max_seq_len
 STAGES = {
     "sft": {"max_steps": 2, "batch_size": 4, "micro_batch_size": 4, "max_seq_len": 64},
     "dpo": {"max_steps": 2, "batch_size": 2, "micro_batch_size": 2, "max_seq_len": 64},
-    "rlvr": {"steps": 2, "batch_size": 2, "group_size": 2, "max_new_tokens": 4, "lr": 1e-4},
+    "rlvr": {"steps": 2, "batch_size": 2, "group_size": 2, "max_new_tokens": 4, "optim": {"lr": 1e-4}},
 }
 
 
