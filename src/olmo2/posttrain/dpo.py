@@ -61,7 +61,7 @@ def load_dpo_config(path=None, overrides: list[str] | None = None) -> DPOConfig:
 
 
 def _pair_logps(model, pairs: list[PreferenceExample], run: StageRun) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs [2, b] (chosen row, rejected row) and token counts [2, b]."""
+    """Summed response log-probs [2, b] (chosen row, rejected row) and response token counts [2, b]."""
     b = collate([p.chosen for p in pairs] + [p.rejected for p in pairs])
     device = run.env.device
     with autocast(device, run.dtype):
@@ -146,7 +146,8 @@ class DPOModule(TrainModule):
         cfg, env = self.cfg, self.run.env
         lr = self.optim.set_lr(step)
         micro = chunks(batch, cfg.micro_batch_size)
-        # [loss, margin, accuracy, chosen log-p, rejected log-p] summed over pairs, then tokens
+        # [loss, margin, accuracy, chosen log-p, rejected log-p] summed over pairs, then the tokens
+        # run forward and backward (prompts included: the throughput counts what the model processed)
         sums = torch.zeros(6, device=env.device)
         for i, mb in enumerate(micro):
             with sync_gradients(self.model, i == len(micro) - 1):
@@ -172,7 +173,9 @@ class DPOModule(TrainModule):
                     (res.margins > 0).float().sum(),
                     s[0].sum(),
                     s[1].sum(),
-                    n.sum().float(),
+                    torch.tensor(
+                        float(sum(len(p.chosen) + len(p.rejected) for p in (self.pairs[j] for j in mb)))
+                    ),
                 ]
             )
         sums = all_reduce_sum(sums)

@@ -291,7 +291,8 @@ class PPOModule(TrainModule):
             "value_mean": value_sum / max(n_tokens, 1.0),
             "return_mean": return_sum / max(n_tokens, 1.0),
         }
-        return {**record, **self.update(ppo_batch, step, guard), "n_tokens": int(n_tokens)}
+        trained = all_reduce_sum(ppo_batch.lengths.sum().float().to(env.device))  # prompts too
+        return {**record, **self.update(ppo_batch, step, guard), "n_tokens": int(trained)}
 
     def update(self, batch: PPOBatch, step: int, guard: SpikeGuard | None) -> dict:
         """``ppo_epochs`` × ``num_mini_batches`` optimizer steps on ``batch``; the mean statistics."""

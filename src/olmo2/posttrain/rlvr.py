@@ -224,9 +224,12 @@ class GRPOModule(TrainModule):
                     res.clip_frac * mask.sum(),
                 ]
             )
-        values = torch.cat([all_reduce_sum(sums), all_reduce_sum(roll.sums(env.device).float())])
+        trained = torch.tensor([float(sum(len(x) for x in seqs))], device=env.device)  # prompts too
+        values = torch.cat(
+            [all_reduce_sum(torch.cat([sums, trained])), all_reduce_sum(roll.sums(env.device).float())]
+        )
         outcome = apply_update([self.optim.update_part], values, guard)
-        loss, policy_loss, kl, clipped, *rollout = outcome.values
+        loss, policy_loss, kl, clipped, n_tokens, *rollout = outcome.values
         return {
             "loss": loss,
             **rollout_metrics(rollout),
@@ -235,7 +238,7 @@ class GRPOModule(TrainModule):
             "clip_frac": clipped / float(n_resp),
             **outcome.record(),
             "lr": lr,
-            "n_tokens": int(n_resp.item()),
+            "n_tokens": int(n_tokens),
         }
 
 
