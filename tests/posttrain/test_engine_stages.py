@@ -52,25 +52,10 @@ def stages(tmp_path_factory) -> dict[str, dict]:
         for d in range(8)
     ]
     common = {"model": str(model), "seed": 3, "trainer": {"precision": "fp32", "device": "cpu"}}
+    offline = {"batch_size": 8, "micro_batch_size": 2, "epochs": 2, "max_seq_len": 64, "optim": {"lr": 1e-3}}
     return {
-        "sft": {
-            **common,
-            "data": _jsonl(root / "sft.jsonl", chats),
-            "batch_size": 8,
-            "micro_batch_size": 2,
-            "epochs": 2,
-            "max_seq_len": 64,
-            "optim": {"lr": 1e-3},
-        },
-        "dpo": {
-            **common,
-            "data": _jsonl(root / "dpo.jsonl", pairs),
-            "batch_size": 8,
-            "micro_batch_size": 2,
-            "epochs": 2,
-            "max_seq_len": 64,
-            "optim": {"lr": 1e-3},
-        },
+        "sft": {**common, **offline, "data": _jsonl(root / "sft.jsonl", chats)},
+        "dpo": {**common, **offline, "data": _jsonl(root / "dpo.jsonl", pairs)},
         "rlvr": {
             **common,
             "data": _jsonl(root / "rlvr.jsonl", prompts),

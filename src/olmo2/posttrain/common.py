@@ -220,6 +220,28 @@ class StageRun:
         if self.env.is_main:
             (self.out / name).write_text(json.dumps(obj, indent=2) + "\n")
 
+    def load_records(self, load: Callable, kind: str, **kwargs) -> list:
+        """The usable records of ``cfg.data`` by ``load(paths, tokenizer, strict=..., **kwargs)``; what it
+        read, used and skipped goes to ``data_report.json`` and the console; none usable is an error."""
+        records, report = load(self.cfg.data, self.tok, strict=self.cfg.strict, **kwargs)
+        self.write_json("data_report.json", {kind: report.to_dict()})
+        if not records:
+            raise ValueError(f"no usable {kind} records in {self.cfg.data}: {report.summary()}")
+        self.log(report.summary())
+        return records
+
+    def batches(self, n_items: int, what: str) -> GlobalBatches:
+        """This rank's share of the run's global batches of ``n_items`` items."""
+        cfg, env = self.cfg, self.env
+        return GlobalBatches(
+            n_items, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size, what=what
+        )
+
+    def epoch_steps(self, data: GlobalBatches) -> int:
+        """Optimizer steps of ``epochs`` passes, capped at ``max_steps``."""
+        total = data.steps_per_epoch * self.cfg.epochs
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
 
 @contextlib.contextmanager
 def stage_run(cfg: PostTrainConfig) -> Iterator[StageRun]:

@@ -17,7 +17,6 @@ from typing import Literal
 import torch
 
 from olmo2.posttrain.common import (
-    GlobalBatches,
     PostTrainConfig,
     StageRun,
     fit_stage,
@@ -199,23 +198,11 @@ def train_dpo(cfg: DPOConfig) -> dict:
     """Train (or resume) on the engine; write ``metrics.jsonl``, ``reference_logps.pt``, checkpoints and
     ``model/``; return a summary."""
     with stage_run(cfg) as run:
-        pairs, report = load_preferences(
-            cfg.data, run.tok, max_length=cfg.max_seq_len, train_on=cfg.train_on, strict=cfg.strict
+        pairs = run.load_records(
+            load_preferences, "preferences", max_length=cfg.max_seq_len, train_on=cfg.train_on
         )
-        run.write_json("data_report.json", {"preferences": report.to_dict()})
-        if not pairs:
-            raise ValueError(f"no usable preference pairs in {cfg.data}: {report.summary()}")
-        run.log(report.summary())
-        data = GlobalBatches(
-            len(pairs),
-            cfg.batch_size,
-            seed=cfg.seed,
-            rank=run.env.rank,
-            world_size=run.env.world_size,
-            what="preference pairs",
-        )
-        total = data.steps_per_epoch * cfg.epochs
-        total = min(total, cfg.max_steps) if cfg.max_steps else total
+        data = run.batches(len(pairs), "preference pairs")
+        total = run.epoch_steps(data)
         module = DPOModule(run, load_policy(run), pairs, total)
         records = fit_stage(run, module, data, total)
         keys = ("loss", "margin", "accuracy")

@@ -26,7 +26,6 @@ from typing import Any, Literal
 import torch
 
 from olmo2.posttrain.common import (
-    GlobalBatches,
     PostTrainConfig,
     StageRun,
     fit_stage,
@@ -242,18 +241,6 @@ class GRPOModule(TrainModule):
         }
 
 
-def load_prompts(run: StageRun) -> list[RLPrompt]:
-    cfg = run.cfg
-    prompts, report = load_rl_prompts(
-        cfg.data, run.tok, max_prompt_length=cfg.max_prompt_len, strict=cfg.strict
-    )
-    run.write_json("data_report.json", {"rl_prompts": report.to_dict()})
-    if not prompts:
-        raise ValueError(f"no usable RLVR prompts in {cfg.data}: {report.summary()}")
-    run.log(f"rlvr ({cfg.algorithm}): {report.summary()}")
-    return prompts
-
-
 def finish_rlvr(run: StageRun, records: list[dict], n_prompts: int) -> dict:
     """The reward plot and the summary of an RLVR run, GRPO or PPO."""
     if run.env.is_main:
@@ -276,15 +263,8 @@ def train_rlvr(cfg: RLVRConfig) -> dict:
     """Train (or resume) on the engine; write ``metrics.jsonl`` (reward_mean, kl, ...), checkpoints,
     ``rewards.png``, ``summary.json`` and ``model/``."""
     with stage_run(cfg) as run:
-        prompts = load_prompts(run)
-        data = GlobalBatches(
-            len(prompts),
-            cfg.batch_size,
-            seed=cfg.seed,
-            rank=run.env.rank,
-            world_size=run.env.world_size,
-            what="RLVR prompts",
-        )
+        prompts = run.load_records(load_rl_prompts, "rl_prompts", max_prompt_length=cfg.max_prompt_len)
+        data = run.batches(len(prompts), "RLVR prompts")
         total = min(cfg.steps, cfg.max_steps or cfg.steps)
         model = load_policy(run)
         ref = load_policy(run, frozen=True) if cfg.beta else None

@@ -16,7 +16,6 @@ from typing import Literal
 import torch
 
 from olmo2.posttrain.common import (
-    GlobalBatches,
     PostTrainConfig,
     StageRun,
     fit_stage,
@@ -142,24 +141,10 @@ def train_sft(cfg: SFTConfig) -> dict:
     """Train (or resume) on the engine; write ``metrics.jsonl``, ``data_report.json``, checkpoints and
     ``model/``; return a summary."""
     with stage_run(cfg) as run:
-        examples, report = load_sft(
-            cfg.data, run.tok, max_length=cfg.max_seq_len, train_on=cfg.train_on, strict=cfg.strict
-        )
-        run.write_json("data_report.json", {"sft": report.to_dict()})
-        if not examples:
-            raise ValueError(f"no usable SFT examples in {cfg.data}: {report.summary()}")
-        run.log(report.summary())
+        examples = run.load_records(load_sft, "sft", max_length=cfg.max_seq_len, train_on=cfg.train_on)
         items = pack_examples(examples, cfg.max_seq_len) if cfg.packing else examples
-        data = GlobalBatches(
-            len(items),
-            cfg.batch_size,
-            seed=cfg.seed,
-            rank=run.env.rank,
-            world_size=run.env.world_size,
-            what="SFT rows" if cfg.packing else "SFT examples",
-        )
-        total = data.steps_per_epoch * cfg.epochs
-        total = min(total, cfg.max_steps) if cfg.max_steps else total
+        data = run.batches(len(items), "SFT rows" if cfg.packing else "SFT examples")
+        total = run.epoch_steps(data)
         model = load_policy(run)
         records = fit_stage(run, SFTModule(run, model, items, total), data, total)
         summary = {
