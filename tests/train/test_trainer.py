@@ -96,8 +96,13 @@ def test_sigkill_then_rerun_reproduces_the_uninterrupted_run(make_train_config, 
     assert not list(run.glob(".step*.tmp"))
 
 
-def test_non_finite_steps_are_skipped_then_the_run_halts(make_train_config, tmp_path, monkeypatch):
-    cfg = load_train_config(make_train_config(), ["trainer.max_steps=12", "checkpoint.save_every=3"])
+@pytest.mark.parametrize("async_save", [False, True])
+def test_non_finite_steps_are_skipped_then_the_run_halts(
+    make_train_config, tmp_path, monkeypatch, async_save
+):
+    """With async saves too, the message names the last checkpoint (its write completes first)."""
+    overrides = ["trainer.max_steps=12", "checkpoint.save_every=3", f"checkpoint.async_save={async_save}"]
+    cfg = load_train_config(make_train_config(), overrides)
     from olmo2.train.trainer import LMTrainModule
 
     real_step = LMTrainModule.train_step

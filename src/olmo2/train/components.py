@@ -42,8 +42,10 @@ class Checkpointer(Component):
         self.group = background_group() if cfg.async_save else None
         self.pending: PendingCheckpoint | None = None  # the last save, maybe still being written
         self.due = False
+        self.trainer: Trainer | None = None
 
     def start(self, trainer: Trainer) -> None:
+        self.trainer = trainer
         latest = latest_checkpoint(self.save_folder)
         if latest is None:
             return
@@ -76,9 +78,12 @@ class Checkpointer(Component):
             trainer.last_saved = self.pending.path
 
     def close(self) -> None:
+        """Wait for a save still being written (raising its error); it is then the last saved one."""
         if self.pending is not None:
             pending, self.pending = self.pending, None
-            pending.wait()
+            path = pending.wait()
+            if self.trainer is not None:
+                self.trainer.last_saved = path
 
 
 class MetricsWriter(Component):
