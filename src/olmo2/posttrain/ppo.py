@@ -193,6 +193,12 @@ class PPOModule(TrainModule):
 
     def __init__(self, run: StageRun, model, ref, prompts: list[RLPrompt], total_steps: int):
         cfg, env = run.cfg, run.env
+        rows = cfg.batch_size // env.world_size * cfg.group_size
+        if rows % cfg.num_mini_batches:
+            raise ValueError(
+                f"num_mini_batches ({cfg.num_mini_batches}) must divide each rank's {rows} rollout rows "
+                f"(batch_size × group_size / {env.world_size} ranks)"
+            )
         self.run, self.cfg, self.model, self.ref = run, cfg, model, ref
         self.sample = RolloutSampler(run, model, prompts)
         body = load_model(cfg.model, device=env.device, dtype=torch.float32)
@@ -302,10 +308,6 @@ class PPOModule(TrainModule):
         lrs, skip_reason = [], None
         k = (step - 1) * self.updates
         n_rows = batch.input_ids.shape[0]
-        if n_rows % cfg.num_mini_batches:
-            raise ValueError(
-                f"num_mini_batches ({cfg.num_mini_batches}) must divide each rank's {n_rows} rollout rows"
-            )
         for epoch in range(cfg.ppo_epochs):
             shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + epoch)
             order = torch.randperm(n_rows, generator=shuffle)
