@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -12,7 +14,14 @@ from transformers.generation.logits_process import (  # noqa: E402
     TopPLogitsWarper,
 )
 
-from olmo2.generate import GenerationConfig, _generate, filter_logits, generate, generate_text  # noqa: E402
+from olmo2.generate import (  # noqa: E402
+    GenerationConfig,
+    _generate,
+    _sample_rows,
+    filter_logits,
+    generate,
+    generate_text,
+)
 from olmo2.model.config import ModelConfig  # noqa: E402
 from olmo2.model.transformer import build_model  # noqa: E402
 
@@ -249,3 +258,26 @@ def test_generate_text_roundtrip():
     assert texts == [tok.decode([i for i in row if i != EOS]) for row in ids]
     with pytest.raises(ValueError, match="list of strings"):
         generate_text(ours, tok, "hello", cfg)
+
+
+def test_row_seeded_sampling_depends_on_the_row_alone():
+    """RLVR splits a step's rollouts over ranks: with ``row_seeds`` a row draws the same tokens
+    whatever else is in its batch, and different seeds draw differently."""
+    ours, _ = make_pair("mha")
+    prompts = random_prompts([5, 9, 3, 7], ours.config.vocab_size, seed=11)
+    cfg = GenerationConfig(max_new_tokens=12, temperature=1.0, stop_on_eos=False)
+    together = generate(ours, prompts, cfg, row_seeds=[10, 11, 12, 13])
+    alone = [
+        generate(ours, [p], cfg, row_seeds=[s])[0] for p, s in zip(prompts, [10, 11, 12, 13], strict=True)
+    ]
+    swapped = generate(ours, prompts[::-1], cfg, row_seeds=[13, 12, 11, 10])[::-1]
+    assert together == alone == swapped
+    assert generate(ours, prompts, cfg, row_seeds=[20, 21, 22, 23]) != together
+
+
+def test_row_seeded_sampling_follows_the_softmax():
+    scores = torch.tensor([0.0, 1.0, 2.0, -1.0, -math.inf]).expand(20000, 5)
+    tokens = _sample_rows(scores, torch.arange(20000), step=3)
+    freq = torch.bincount(tokens, minlength=5).double() / 20000
+    torch.testing.assert_close(freq, scores[0].double().softmax(-1), atol=0.01, rtol=0)  # 3σ ≈ 0.01
+    assert freq[4] == 0  # a filtered token is never drawn

@@ -157,7 +157,8 @@ def generate(
     it defaults to ``eos_token_id`` or 0. Runs on the device of the model's parameters.
     ``row_seeds`` (sampling only) gives each row its own random stream: a row's sample then depends
     on its seed alone, not on the other rows of the batch, so rollouts split over ranks or batched
-    differently draw the same tokens (Gumbel-max with counter-based noise; ``config.seed`` is unused).
+    differently draw the same tokens (inverse-CDF sampling with a counter-based uniform per row and
+    step; ``config.seed`` is unused).
     """
     return _generate(model, prompts, config, eos_token_id, pad_token_id, row_seeds=row_seeds)[0]
 
@@ -185,12 +186,18 @@ def _splitmix64(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shift_right(x, 31)
 
 
-def _gumbel_noise(row_seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
-    """Gumbel(0, 1) noise [B, vocab], a pure function of (row seed, step, token id)."""
-    base = _splitmix64(row_seeds * 1_000_003 + step)
-    bits = _splitmix64(base[:, None] + torch.arange(vocab, device=row_seeds.device)[None, :])
-    uniform = (_shift_right(bits, 11).double() + 0.5) * 2.0**-53  # in (0, 1)
-    return -torch.log(-torch.log(uniform)).float()
+def _row_uniforms(row_seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """One U(0, 1) number per row (float64), a pure function of (row seed, step)."""
+    bits = _splitmix64(_splitmix64(row_seeds) + step)
+    return (_shift_right(bits, 11).double() + 0.5) * 2.0**-53
+
+
+def _sample_rows(scores: torch.Tensor, row_seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """Inverse-CDF sampling from softmax(``scores``) [B, V], each row with its own uniform: a row's
+    token depends on its scores and seed only, never on the other rows of the batch."""
+    cdf = scores.double().softmax(dim=-1).cumsum(dim=-1)
+    u = _row_uniforms(row_seeds, step) * cdf[:, -1]
+    return torch.searchsorted(cdf, u[:, None], right=True).squeeze(1).clamp(max=scores.shape[-1] - 1)
 
 
 @torch.inference_mode()
@@ -266,7 +273,7 @@ def _generate(
         if config.do_sample:
             scores = filter_logits(logits, config.temperature, config.top_k, config.top_p)
             if row_seeds is not None:
-                tok = (scores + _gumbel_noise(seeds, step, scores.shape[-1])).argmax(dim=-1)
+                tok = _sample_rows(scores, seeds, step)
             else:
                 tok = torch.multinomial(scores.softmax(dim=-1), 1, generator=gen).squeeze(1)
         else:
