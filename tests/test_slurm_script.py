@@ -111,6 +111,7 @@ def test_bad_calls_are_refused(tmp_path):
     assert result.returncode == 2 and "set GPUS_PER_NODE" in result.stderr
 
 
+@pytest.mark.slow  # 25-45 s; the script's command line is checked in the default run, HSDP on 2 ranks too
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
 def test_two_nodes_on_one_machine_train_like_one_process(tmp_path, train_config_dict):
     """Two torchrun agents (the "nodes", one CPU rank each) meet through the c10d rendezvous; HSDP
