@@ -159,3 +159,26 @@ def make_train_config(tmp_path):
         return path
 
     return make
+
+
+def torchrun_launcher(nproc: int) -> list[str]:
+    """``python -m torch.distributed.run`` for ``nproc`` local processes on a free 127.0.0.1 port."""
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={port}",
+    ]
+
+
+@pytest.fixture
+def torchrun():
+    """``torchrun(nproc) -> argv prefix``: launch the rest of a command under torchrun (Gloo on CPU)."""
+    return torchrun_launcher

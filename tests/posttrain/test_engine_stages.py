@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -76,19 +75,9 @@ def _config(tmp_path: Path, stage: str, cfg: dict, **changes) -> Path:
     return path
 
 
-def _cli(stage: str, config: Path, *overrides: str, nproc: int = 1) -> list[str]:
-    if nproc == 1:
-        return [sys.executable, "-m", "olmo2.cli", stage, str(config), *overrides]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        f"--master_port={port}",
-    ]
+def _cli(
+    stage: str, config: Path, *overrides: str, launcher: tuple[str, ...] = (sys.executable,)
+) -> list[str]:
     return [*launcher, "-m", "olmo2.cli", stage, str(config), *overrides]
 
 
@@ -108,10 +97,10 @@ def _rows(run: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("stage", ["sft", "dpo", "rlvr"])
-def test_two_fsdp_ranks_give_the_one_rank_steps(stages, tmp_path, stage):
+def test_two_fsdp_ranks_give_the_one_rank_steps(stages, tmp_path, stage, torchrun):
     config = _config(tmp_path, stage, stages[stage])
     _run_here(stage, config, f"out_dir={tmp_path / 'one'}")
-    _run(_cli(stage, config, f"out_dir={tmp_path / 'two'}", "trainer.parallel=fsdp", nproc=2))
+    _run(_cli(stage, config, f"out_dir={tmp_path / 'two'}", "trainer.parallel=fsdp", launcher=torchrun(2)))
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert len(one) == len(two) >= 4
     for a, b in zip(one, two, strict=True):

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -44,21 +42,14 @@ def interrupt_at(monkeypatch):
 
 
 @pytest.fixture
-def torchrun_train():
+def torchrun_train(torchrun):
     """``torchrun_train(config, folder, *overrides, nproc=2, entry=("-m", "olmo2.cli")) -> folder``:
     ``olmo2 train config`` under torchrun with ``nproc`` processes (Gloo on CPU), saving to ``folder``.
     ``entry`` replaces the CLI module with a script (and its leading arguments) that ends in it."""
 
     def run(config, folder, *overrides, nproc: int = 2, entry=("-m", "olmo2.cli")) -> Path:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
         cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={nproc}",
-            f"--master_port={port}",
+            *torchrun(nproc),
             *map(str, entry),
             "train",
             str(config),
