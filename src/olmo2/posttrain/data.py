@@ -407,10 +407,6 @@ class PackedRow:
     labels: list[int]
     lengths: list[int]
 
-    @property
-    def n_targets(self) -> int:
-        return sum(t != IGNORE_INDEX for t in self.labels)
-
     def __len__(self) -> int:
         return len(self.input_ids)
 

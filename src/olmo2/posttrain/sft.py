@@ -85,13 +85,13 @@ class SFTModule(TrainModule):
     def train_step(self, batch: list[int], step: int, guard: SpikeGuard | None) -> dict:
         cfg, env, model = self.cfg, self.run.env, self.model
         lr = self.optim.set_lr(step)
-        rows = [self.items[i] for i in batch]
-        n_targets = global_count(sum(x.n_targets for x in rows), env.device).clamp(min=1.0)
-        micro = chunks(rows, cfg.micro_batch_size)
+        micro = chunks([self.items[i] for i in batch], cfg.micro_batch_size)
+        collated = [collate(mb, length=cfg.max_seq_len if cfg.packing else None) for mb in micro]
+        # Counted on the collated tensors: a Python pass over every label would cost the step time.
+        n_targets = global_count(sum(b.n_targets for b in collated), env.device).clamp(min=1.0)
         # [CE summed over targets, tokens (not padding), examples], over this rank's micro-batches
         sums = torch.zeros(3, device=env.device)
-        for i, mb in enumerate(micro):
-            b = collate(mb, length=cfg.max_seq_len if cfg.packing else None)
+        for i, (mb, b) in enumerate(zip(micro, collated, strict=True)):
             kwargs = {}
             if cfg.packing:
                 kwargs = {
