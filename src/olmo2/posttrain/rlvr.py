@@ -224,9 +224,7 @@ class GRPOModule(TrainModule):
                 ]
             )
         trained = torch.tensor([float(sum(len(x) for x in seqs))], device=env.device)  # prompts too
-        values = torch.cat(
-            [all_reduce_sum(torch.cat([sums, trained])), all_reduce_sum(roll.sums(env.device).float())]
-        )
+        values = all_reduce_sum(torch.cat([sums, trained, roll.sums(env.device).float()]))  # one collective
         outcome = apply_update([self.optim.update_part], values, guard)
         loss, policy_loss, kl, clipped, n_tokens, *rollout = outcome.values
         return {
