@@ -1,7 +1,7 @@
 """Benchmark: one training step (forward, backward, AdamW step) of our model and loss against
 transformers' ``Olmo2ForCausalLM`` with its own ``labels=`` loss, on identical weights and batches.
 
-Ours computes the loss with ``olmo2.train.loss.lm_loss`` (chunked CE + z-loss from the hidden
+Ours computes the loss with ``olmo2.model.loss.lm_loss`` (chunked CE + z-loss from the hidden
 states); HF materialises the full [tokens, 100352] logits and calls ``cross_entropy`` on them. Both
 use the same AdamW settings. Steps of ours and HF alternate (ours, HF, HF, ours, …) after warm-up, so
 noise from a shared machine hits both alike; the table reports the median of each and the ratio of
@@ -25,8 +25,8 @@ import torch
 
 from olmo2.model.checkpoint import hf_model as olmo2_hf_model
 from olmo2.model.config import preset
+from olmo2.model.loss import lm_loss, shift_labels
 from olmo2.model.transformer import build_model
-from olmo2.train.loss import lm_loss, shift_labels
 
 # (preset, sequence length, batch size) per benchmark config.
 SHAPES = {"tiny": ("tiny", 512, 8), "small": ("small", 1024, 4)}

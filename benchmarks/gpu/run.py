@@ -57,7 +57,7 @@ import yaml
 # Published dense bf16 peaks (no sparsity), for MFU next to the measured matmul peak.
 NOMINAL_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 STAGES = ("pretrain", "sft", "dpo", "grpo")
-IGNORE = -100  # olmo2.train.loss.IGNORE_INDEX
+IGNORE = -100  # olmo2.model.loss.IGNORE_INDEX
 RANDOM_IDS = 100_000  # synthetic token ids stay below the special tokens (100257+)
 # --smoke: the tiny preset made smaller still (the full vocabulary stays: rollouts sample its EOS id)
 SMOKE_SHAPE = {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "mlp_hidden": 128}

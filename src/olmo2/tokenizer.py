@@ -23,6 +23,7 @@ __all__ = ["DEFAULT_ASSET", "Tokenizer", "load_tokenizer", "write_hf_tokenizer_f
 DEFAULT_ASSET = "dolma2-tokenizer"
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
+IGNORE_INDEX = -100  # the label of a position the loss skips (PyTorch cross-entropy's convention)
 
 
 class Tokenizer:

@@ -95,7 +95,7 @@ def test_bf16_export_loads_in_hf(tmp_path, make_hf_model):
 
 
 def test_to_hf_carries_tokenizer_and_chat_template(tmp_path):
-    from olmo2.posttrain.chat import encode_chat
+    from olmo2.chat import encode_chat
     from olmo2.tokenizer import load_tokenizer
 
     cfg = ModelConfig(d_model=64, n_layers=1, n_heads=2, mlp_hidden=64)

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
+from olmo2.chat import encode_chat, encode_prompt
 from olmo2.model.config import ModelConfig
+from olmo2.model.loss import shift_labels
 from olmo2.model.transformer import Olmo2
-from olmo2.posttrain.chat import encode_chat, encode_prompt
 from olmo2.posttrain.data import (
     PAD_TOKEN_ID,
     DataError,
@@ -24,7 +25,6 @@ from olmo2.posttrain.data import (
 )
 from olmo2.posttrain.losses import sft_loss
 from olmo2.tokenizer import load_tokenizer
-from olmo2.train.loss import shift_labels
 
 
 @pytest.fixture(scope="module")

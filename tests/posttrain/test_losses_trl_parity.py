@@ -26,7 +26,7 @@ datasets = pytest.importorskip("datasets")
 
 from transformers import AutoTokenizer, Olmo2Config, Olmo2ForCausalLM  # noqa: E402
 
-from olmo2.posttrain.chat import encode_chat, encode_prompt, write_hf_chat_files  # noqa: E402
+from olmo2.chat import encode_chat, encode_prompt, write_hf_chat_files  # noqa: E402
 from olmo2.posttrain.data import SFTExample, collate  # noqa: E402
 from olmo2.posttrain.losses import (  # noqa: E402
     dpo_loss,

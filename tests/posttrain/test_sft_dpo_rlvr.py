@@ -10,11 +10,11 @@ import time
 import pytest
 import torch
 
+from olmo2.chat import encode_chat
 from olmo2.config import ConfigError
 from olmo2.model.checkpoint import save_model
 from olmo2.model.config import ModelConfig
 from olmo2.model.transformer import build_model
-from olmo2.posttrain.chat import encode_chat
 from olmo2.posttrain.common import chat, plot_rewards
 from olmo2.posttrain.dpo import load_dpo_config, train_dpo
 from olmo2.posttrain.rlvr import load_rlvr_config, train_rlvr
@@ -183,8 +183,8 @@ def test_chat_with_piped_stdin(digits_sft):
 
 @pytest.mark.parametrize("task", ["chain_sum", "gsm_symbolic"])
 def test_demo_data_loads_cleanly_and_pairs_are_verified(tmp_path, tok, task):
+    from olmo2.demo.posttrain_data import write_demo_data
     from olmo2.posttrain.data import load_preferences, load_rl_prompts, load_sft
-    from olmo2.posttrain.demo_data import write_demo_data
     from olmo2.posttrain.verifiers import verify
 
     paths = write_demo_data(tmp_path, task=task, n_sft=8, n_dpo=8, n_rlvr=8, seed=3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from olmo2.chat import write_hf_chat_files
 from olmo2.model.checkpoint import (
     check_state_dict,
     parse_dtype,
@@ -18,6 +19,7 @@ from olmo2.model.checkpoint import (
     resolve_model_dir,
     save_state_dict,
 )
+from olmo2.tokenizer import load_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -34,7 +36,7 @@ def convert_checkpoint(
 
     Tokenizer files found in ``src`` travel along; otherwise, when ``with_tokenizer``, the dolma2
     tokenizer (or the file ``tokenizer``) is written with the OLMo 2 chat template, so that
-    ``AutoTokenizer`` loads ``dst`` and ``apply_chat_template`` matches ``olmo2.posttrain.chat``.
+    ``AutoTokenizer`` loads ``dst`` and ``apply_chat_template`` matches ``olmo2.chat``.
     """
     model_dir = resolve_model_dir(src)
     cfg = read_config(model_dir)
@@ -46,9 +48,6 @@ def convert_checkpoint(
     extra = {name: model_dir / name for name in TOKENIZER_FILES if (model_dir / name).is_file()}
     with tempfile.TemporaryDirectory() as tok_dir:
         if with_tokenizer and (tokenizer is not None or "tokenizer.json" not in extra):
-            from olmo2.posttrain.chat import write_hf_chat_files
-            from olmo2.tokenizer import load_tokenizer
-
             write_hf_chat_files(load_tokenizer(tokenizer), tok_dir)  # tokenizer + the OLMo 2 chat template
             extra = {p.name: p for p in Path(tok_dir).iterdir()}
         return save_state_dict(state, cfg, dst, extra_files=extra)

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from olmo2.model.config import ModelConfig
+from olmo2.model.loss import IGNORE_INDEX, lm_loss
 
 
 class RMSNorm(nn.Module):
@@ -306,8 +307,6 @@ class Olmo2(nn.Module):
         (SFT: prompts cost no vocabulary-sized matmul). ``target_logps`` returns instead the log-probs
         [B, T] of the labels under softmax(logits / ``temperature``) and their mask (DPO, RLVR).
         Losses live here (as in OLMo-core's LM head) so FSDP's forward hooks cover the LM head."""
-        from olmo2.train.loss import IGNORE_INDEX, lm_loss
-
         hidden = self.hidden_states(input_ids, **kwargs)
         if labels is None:
             return self.lm_head(hidden)

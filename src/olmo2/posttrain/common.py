@@ -25,9 +25,9 @@ import yaml
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from olmo2.chat import write_hf_chat_files
 from olmo2.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
 from olmo2.model.checkpoint import CheckpointError, load_model, resolve_model_dir, save_state_dict
-from olmo2.posttrain.chat import write_hf_chat_files
 from olmo2.tokenizer import load_tokenizer
 from olmo2.train.components import Checkpointer, GarbageCollection, MetricsWriter
 from olmo2.train.config import CheckpointConfig, RunConfig
@@ -371,9 +371,9 @@ def chat(
 
     ``/exit`` (or end of input) quits, ``/reset`` clears the history. Returns the conversation.
     """
+    from olmo2.chat import decode_response, encode_prompt
     from olmo2.generate import GenerationConfig, generate
     from olmo2.model.checkpoint import load_model
-    from olmo2.posttrain.chat import decode_response, encode_prompt
     from olmo2.tokenizer import load_tokenizer
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
@@ -496,7 +496,7 @@ def _run_chat(args) -> None:
 
 
 def _run_data(args) -> None:
-    from olmo2.posttrain.demo_data import write_demo_data
+    from olmo2.demo.posttrain_data import write_demo_data
 
     paths = write_demo_data(
         args.out, task=args.task, n_sft=args.n_sft, n_dpo=args.n_dpo, n_rlvr=args.n_rlvr, seed=args.seed
@@ -537,7 +537,7 @@ def add_cli_commands(commands) -> None:
     p = commands.add_parser(
         "posttrain-data", help="write the offline demo SFT/DPO/RLVR JSONL (reasoning-gym)"
     )
-    from olmo2.posttrain.demo_data import TASKS
+    from olmo2.demo.posttrain_data import TASKS
 
     p.add_argument("out", help="output folder")
     p.add_argument(

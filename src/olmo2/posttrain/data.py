@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from olmo2.posttrain.chat import (
+from olmo2.chat import (
     ChatFormatError,
     EncodedChat,
     check_messages,
@@ -39,7 +39,7 @@ from olmo2.posttrain.chat import (
     encode_prompt,
     special_token_strings,
 )
-from olmo2.train.loss import IGNORE_INDEX
+from olmo2.model.loss import IGNORE_INDEX
 
 __all__ = [
     "PAD_TOKEN_ID",

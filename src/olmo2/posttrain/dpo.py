@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from olmo2.model.loss import shift_labels
 from olmo2.posttrain.common import (
     PostTrainConfig,
     StageRun,
@@ -30,7 +31,6 @@ from olmo2.posttrain.data import PreferenceExample, collate, load_preferences
 from olmo2.posttrain.losses import dpo_loss
 from olmo2.train.distributed import all_gather_cat, all_reduce_sum, broadcast_object
 from olmo2.train.engine import Part, ScheduledOptimizer, SpikeGuard, TrainModule, apply_update, chunks
-from olmo2.train.loss import shift_labels
 from olmo2.train.monitor import flops_per_token
 from olmo2.train.optim import OptimConfig
 from olmo2.train.runtime import autocast, sync_gradients

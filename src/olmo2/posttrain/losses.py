@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from olmo2.train.loss import IGNORE_INDEX
+from olmo2.model.loss import IGNORE_INDEX
 
 __all__ = [
     "DPO_BETA",

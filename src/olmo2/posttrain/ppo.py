@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from olmo2.model.checkpoint import load_model
+from olmo2.model.loss import shift_labels
 from olmo2.model.transformer import Olmo2
 from olmo2.posttrain.common import StageRun
 from olmo2.posttrain.data import RLPrompt, collate
@@ -47,7 +48,6 @@ from olmo2.posttrain.losses import (
 from olmo2.posttrain.rollout import Rollout, RolloutSampler, rollout_metrics, sequence_logps
 from olmo2.train.distributed import all_reduce_sum
 from olmo2.train.engine import Part, ScheduledOptimizer, SpikeGuard, TrainModule, apply_update, chunks
-from olmo2.train.loss import shift_labels
 from olmo2.train.monitor import flops_per_token
 from olmo2.train.runtime import autocast, build_parallel_model, sync_gradients
 

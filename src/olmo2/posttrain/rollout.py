@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 import torch
 
+from olmo2.chat import decode_response
 from olmo2.generate import GenerationConfig, generate
-from olmo2.posttrain.chat import decode_response
+from olmo2.model.loss import IGNORE_INDEX, shift_labels
 from olmo2.posttrain.common import StageRun
 from olmo2.posttrain.data import RLPrompt, SFTExample, collate
 from olmo2.posttrain.verifiers import verifiable_reward
 from olmo2.train.distributed import full_parameters
-from olmo2.train.loss import IGNORE_INDEX, shift_labels
 from olmo2.train.runtime import autocast
 
 __all__ = ["Rollout", "RolloutSampler", "rollout_metrics", "row_seed", "sequence_logps"]

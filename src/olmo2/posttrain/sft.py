@@ -1,6 +1,6 @@
 """``olmo2 sft CONFIG``: supervised fine-tuning on chats, loss on assistant tokens only (spec §6.2).
 
-The loss is the chunked cross-entropy of ``olmo2.train.loss.lm_loss`` applied to the target positions'
+The loss is the chunked cross-entropy of ``olmo2.model.loss.lm_loss`` applied to the target positions'
 hidden states only, so the [B, T, 100k] logits never exist and prompt tokens cost no LM-head matmul.
 ``loss_reduction="sum"`` (the recipe) weights every target token of a global batch equally: the
 summed token losses of all micro-batches on all ranks, divided by the batch's target count (a constant
@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from olmo2.model.loss import shift_labels
 from olmo2.posttrain.common import (
     PostTrainConfig,
     StageRun,
@@ -35,7 +36,6 @@ from olmo2.train.engine import (
     chunks,
     global_count,
 )
-from olmo2.train.loss import shift_labels
 from olmo2.train.monitor import flops_per_token
 from olmo2.train.optim import OptimConfig
 from olmo2.train.runtime import autocast, sync_gradients

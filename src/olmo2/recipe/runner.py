@@ -252,7 +252,7 @@ class Recipe:
     def prepare(self) -> None:
         self.check_posttrain()
         if self.cfg.demo_corpus:
-            from olmo2.data.demo_corpus import build_demo_corpus
+            from olmo2.demo.corpus import build_demo_corpus
 
             self.variables.setdefault("OLMO2_DEMO_DATA", str(build_demo_corpus()))
 
@@ -334,7 +334,7 @@ class Recipe:
         if pt is None or not pt.stages():
             return {}
         if pt.demo_data:
-            from olmo2.posttrain.demo_data import write_demo_data
+            from olmo2.demo.posttrain_data import write_demo_data
 
             def write() -> dict:
                 files = write_demo_data(self.out / "posttrain" / "data")
@@ -378,8 +378,8 @@ def heldout_bpb(checkpoint: str, cfg: RecipeEvalConfig, variables: dict[str, str
 
     from olmo2.data.loader import ValidationLoader
     from olmo2.model.checkpoint import load_model
+    from olmo2.model.loss import IGNORE_INDEX, shift_labels
     from olmo2.tokenizer import load_tokenizer
-    from olmo2.train.loss import IGNORE_INDEX, shift_labels
 
     model = load_model(checkpoint)
     tokenizer = load_tokenizer()

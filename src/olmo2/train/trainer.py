@@ -21,6 +21,7 @@ import torch
 from olmo2.data.loader import StepBatch, TrainLoader, ValidationLoader
 from olmo2.data.mix import load_mix_config, resolve_mix
 from olmo2.model.checkpoint import check_state_dict, read_config, read_state_dict, resolve_model_dir
+from olmo2.model.loss import IGNORE_INDEX, shift_labels
 from olmo2.model.transformer import build_model
 from olmo2.train.checkpoint import load_checkpoint, load_model_weights
 from olmo2.train.components import Checkpointer, GarbageCollection, HeldoutEval, MetricsWriter
@@ -44,7 +45,6 @@ from olmo2.train.engine import (
     apply_update,
     global_count,
 )
-from olmo2.train.loss import IGNORE_INDEX, shift_labels
 from olmo2.train.monitor import flops_per_token
 from olmo2.train.runtime import autocast, build_parallel_model, choose_precision, sync_gradients
 from olmo2.train.schedule import lr_factor

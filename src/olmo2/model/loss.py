@@ -22,7 +22,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from olmo2.tokenizer import IGNORE_INDEX
+
 DEFAULT_CHUNK_SIZE = 512
 
 

