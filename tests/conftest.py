@@ -130,12 +130,8 @@ def train_config(tmp_path: Path, **sections) -> dict:
         },
         "optim": {"lr": 3e-3},
         "schedule": {"name": "cosine", "warmup_steps": 2},
-        "trainer": {
-            "save_folder": str(tmp_path / "run"),
-            "max_steps": 8,
-            "precision": "fp32",
-            "device": "cpu",
-        },
+        "run": {"folder": str(tmp_path / "run"), "max_steps": 8},
+        "runtime": {"precision": "fp32", "device": "cpu"},
         "checkpoint": {"save_every": 4, "keep_last": 2},
     }
     for section, values in sections.items():

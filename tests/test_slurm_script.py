@@ -117,9 +117,9 @@ def test_two_nodes_on_one_machine_train_like_one_process(tmp_path, train_config_
     """Two torchrun agents (the "nodes", one CPU rank each) meet through the c10d rendezvous; HSDP
     with one replica per node gives the losses of a single process."""
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump(train_config_dict(trainer={"max_steps": 3})))
+    config.write_text(yaml.safe_dump(train_config_dict(run={"max_steps": 3})))
     single = tmp_path / "single"
-    train(load_train_config(config, [f"trainer.save_folder={single}"]))
+    train(load_train_config(config, [f"run.folder={single}"]))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -133,7 +133,7 @@ def test_two_nodes_on_one_machine_train_like_one_process(tmp_path, train_config_
         OMP_NUM_THREADS="1",
     )
     nodes = tmp_path / "nodes"
-    overrides = [f"trainer.save_folder={nodes}", "trainer.parallel=hsdp", "trainer.hsdp_replicas=2"]
+    overrides = [f"run.folder={nodes}", "parallel.strategy=hsdp", "parallel.hsdp_replicas=2"]
     result = _sbatch(env, "train", str(config), *overrides, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 rank(s), hsdp" in result.stderr

@@ -223,7 +223,7 @@ def time_steps(run, module, data, warmup: int, steps: int, measure: Callable[[di
     step's ``tokens`` and ``flops``. The records of the steps after the warm-up."""
     from olmo2.train.engine import SpikeGuard
 
-    spikes = run.cfg.trainer.spikes
+    spikes = run.cfg.spikes
     guard = SpikeGuard(spikes.window, spikes.sigmas, spikes.min_count, spikes.skip_spikes)
     device, batches, records = run.env.device, iter(data), []
     for step in range(1, warmup + steps + 1):
@@ -322,10 +322,10 @@ class Stages:
             "out_dir": str(self.tmp / name),
             "tokenizer": self.tokenizer,
             "seed": 0,
-            "trainer.device": self.device,
-            "trainer.precision": a.precision,
-            "trainer.compile": a.compile,
-            "trainer.activation_checkpointing": a.activation_checkpointing,
+            "runtime.device": self.device,
+            "runtime.precision": a.precision,
+            "runtime.compile": a.compile,
+            "parallel.activation_checkpointing": a.activation_checkpointing,
             **{k: v for k, v in values.items() if v is not None},
         }
         return [f"{k}={json.dumps(v)}" for k, v in values.items()]

@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override applied to every training run (repeatable), e.g. --train trainer.max_steps=10",
+        help="override applied to every training run (repeatable), e.g. --train run.max_steps=10",
     )
     recipe_p.set_defaults(func=cmd_recipe)
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar, Union
 import yaml
 
 T = TypeVar("T")
+_MISSING = object()
 
 
 class ConfigError(ValueError):
@@ -165,6 +166,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = nxt
         node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     return data
+
+
+def refuse_moved_keys(data: dict[str, Any], moved: dict[str, str]) -> None:
+    """Fail on keys of an older layout, naming the key that replaced each (``{"old.key": "new.key"}``)."""
+    found = []
+    for old, new in moved.items():
+        node: Any = data
+        for part in old.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING:
+            found.append(f"{old} is now {new}")
+    if found:
+        raise ConfigError("; ".join(found) + " (configs are grouped by concern; see docs/train.md)")
 
 
 def read_yaml(path: str | Path | None) -> dict[str, Any]:

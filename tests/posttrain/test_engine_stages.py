@@ -50,8 +50,8 @@ def stages(tmp_path_factory) -> dict[str, dict]:
         {"prompt": f"Pick a digit above {d}.", "ground_truth": str(d + 1), "verifier": "gsm8k"}
         for d in range(8)
     ]
-    common = {"model": str(model), "seed": 3, "trainer": {"precision": "fp32", "device": "cpu"}}
-    offline = {"batch_size": 8, "micro_batch_size": 2, "epochs": 2, "max_seq_len": 64, "optim": {"lr": 1e-3}}
+    common = {"model": str(model), "seed": 3, "runtime": {"precision": "fp32", "device": "cpu"}}
+    offline = {"batch_size": 8, "micro_batch_size": 2, "run": {"epochs": 2}, "max_seq_len": 64, "optim": {"lr": 1e-3}}
     return {
         "sft": {**common, **offline, "data": _jsonl(root / "sft.jsonl", chats)},
         "dpo": {**common, **offline, "data": _jsonl(root / "dpo.jsonl", pairs)},
@@ -99,8 +99,8 @@ def _rows(run: Path) -> list[dict]:
 @pytest.mark.parametrize("stage", ["sft", "dpo", "rlvr"])
 def test_two_fsdp_ranks_give_the_one_rank_steps(stages, tmp_path, stage, torchrun):
     config = _config(tmp_path, stage, stages[stage])
-    _run_here(stage, config, f"out_dir={tmp_path / 'one'}")
-    _run(_cli(stage, config, f"out_dir={tmp_path / 'two'}", "trainer.parallel=fsdp", launcher=torchrun(2)))
+    _run_here(stage, config, f"run.folder={tmp_path / 'one'}")
+    _run(_cli(stage, config, f"run.folder={tmp_path / 'two'}", "parallel.strategy=fsdp", launcher=torchrun(2)))
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert len(one) == len(two) >= 4
     for a, b in zip(one, two, strict=True):
@@ -118,7 +118,7 @@ def test_sft_micro_batches_do_not_change_the_loss(stages, tmp_path):
     runs = {}
     for micro in (8, 2):  # 1 x 8 and 4 x 2 per step
         config = _config(tmp_path, "sft", stages["sft"])
-        _run_here("sft", config, f"micro_batch_size={micro}", f"out_dir={tmp_path / str(micro)}")
+        _run_here("sft", config, f"micro_batch_size={micro}", f"run.folder={tmp_path / str(micro)}")
         runs[micro] = read_metrics(tmp_path / str(micro))
     for a, b in zip(runs[8], runs[2], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
@@ -145,17 +145,17 @@ def test_sigkill_then_rerun_reproduces_the_uninterrupted_run(stages, tmp_path, s
     if stage == "rlvr":
         cfg["steps"] = 8
     else:
-        cfg["epochs"] = 4
+        cfg["run"] = {"epochs": 4}
     config = _config(tmp_path, stage, cfg)
-    _run_here(stage, config, f"out_dir={tmp_path / 'whole'}")
+    _run_here(stage, config, f"run.folder={tmp_path / 'whole'}")
     run = tmp_path / "killed"
     proc = subprocess.Popen(
-        _cli(stage, config, f"out_dir={run}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        _cli(stage, config, f"run.folder={run}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     _kill_after(proc, run, lines=5)  # the step-4 checkpoint is complete before step 5 is logged
     done = len(read_metrics(run))
     assert done < len(read_metrics(tmp_path / "whole")), "the run finished before it could be killed"
-    again = subprocess.run(_cli(stage, config, f"out_dir={run}"), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(_cli(stage, config, f"run.folder={run}"), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-4000:]
     assert "resumed from" in again.stderr
     assert _rows(tmp_path / "whole") == _rows(run)
@@ -170,14 +170,14 @@ def test_a_missing_model_or_too_many_ranks_fail_before_any_work(stages, tmp_path
     config = _config(tmp_path, "sft", stages["sft"])
     load, train = stage_functions("sft")
     with pytest.raises(ValueError, match=f"model: checkpoint not found: {tmp_path}/nope"):
-        train(load(config, [f"model={tmp_path}/nope", f"out_dir={tmp_path}/a"]))
+        train(load(config, [f"model={tmp_path}/nope", f"run.folder={tmp_path}/a"]))
     monkeypatch.setattr(
         "olmo2.posttrain.common.init_distributed", lambda device: DistEnv(0, 3, 0, torch.device("cpu"))
     )
     with pytest.raises(
         ValueError, match=r"batch_size \(8\) must be divisible by the number of ranks launched \(3\)"
     ):
-        train(load(config, [f"out_dir={tmp_path}/b"]))
+        train(load(config, [f"run.folder={tmp_path}/b"]))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -191,8 +191,8 @@ def test_strict_makes_a_bad_record_an_error_naming_its_line(stages, tmp_path):
     config = _config(tmp_path, "sft", stages["sft"], data=str(bad))
     load, train = stage_functions("sft")
     with pytest.raises(ValueError, match=f"{bad}:4: "):
-        train(load(config, [f"out_dir={tmp_path}/strict", "strict=true", "max_steps=1"]))
-    train(load(config, [f"out_dir={tmp_path}/lenient", "max_steps=1"]))
+        train(load(config, [f"run.folder={tmp_path}/strict", "strict=true", "run.max_steps=1"]))
+    train(load(config, [f"run.folder={tmp_path}/lenient", "run.max_steps=1"]))
     report = json.loads((tmp_path / "lenient/data_report.json").read_text())["sft"]
     assert report["read"] == 17 and report["used"] == 16 and sum(report["skipped"].values()) == 1
     assert any(w.startswith(f"{bad}:4: ") for ws in report["where"].values() for w in ws)

@@ -38,18 +38,18 @@ def _common(cfg) -> None:
     """What every paper config shares: HF AdamW without decay, clipping at 1, bf16 FSDP with
     activation checkpointing, placeholder inputs."""
     assert cfg.optim.betas == (0.9, 0.999) and cfg.optim.weight_decay == 0.0 and cfg.optim.grad_clip == 1.0
-    assert (cfg.trainer.precision, cfg.trainer.parallel) == ("bf16", "fsdp")
-    assert cfg.trainer.activation_checkpointing
-    assert cfg.model and cfg.data and cfg.max_steps is None
+    assert (cfg.runtime.precision, cfg.parallel.strategy) == ("bf16", "fsdp")
+    assert cfg.parallel.activation_checkpointing
+    assert cfg.model and cfg.data and cfg.run.max_steps is None
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_sft_configs_match_spec(size):
     cfg = load_sft_config(CONFIGS / f"olmo2-{size}-sft.yaml")
     assert (cfg.optim.lr, cfg.batch_size) == SFT[size]
-    assert (cfg.epochs, cfg.max_seq_len, cfg.loss_reduction, cfg.packing) == (2, 4096, "sum", False)
+    assert (cfg.run.epochs, cfg.max_seq_len, cfg.loss_reduction, cfg.packing) == (2, 4096, "sum", False)
     assert (cfg.schedule.name, cfg.schedule.warmup_ratio, cfg.schedule.alpha_f) == ("linear", 0.03, 0.0)
-    assert cfg.out_dir == f"runs/olmo2-{size}/sft"
+    assert cfg.run.folder == f"runs/olmo2-{size}/sft"
     _common(cfg)
 
 
@@ -58,7 +58,7 @@ def test_dpo_configs_match_spec(size):
     cfg = load_dpo_config(CONFIGS / f"olmo2-{size}-dpo.yaml")
     assert cfg.optim.lr == DPO[size]
     assert (cfg.loss_type, cfg.beta, cfg.label_smoothing) == ("dpo_norm", 5.0, 0.0)
-    assert (cfg.epochs, cfg.max_seq_len, cfg.batch_size) == (1, 2048, 128)
+    assert (cfg.run.epochs, cfg.max_seq_len, cfg.batch_size) == (1, 2048, 128)
     assert (cfg.schedule.name, cfg.schedule.warmup_ratio, cfg.schedule.alpha_f) == ("linear", 0.1, 0.0)
     assert cfg.model == f"runs/olmo2-{size}/sft/model"  # on top of the SFT config's result
     _common(cfg)
@@ -97,7 +97,7 @@ def test_1b_grpo_stages_chain():
     stage1 = load_rlvr_config(CONFIGS / "olmo2-1b-rlvr-grpo-stage1.yaml")
     stage2 = load_rlvr_config(CONFIGS / "olmo2-1b-rlvr-grpo-stage2.yaml")
     assert stage1.model == "runs/olmo2-1b/dpo/model"
-    assert stage2.model == f"{stage1.out_dir}/model"
+    assert stage2.model == f"{stage1.run.folder}/model"
     assert "GSM-MATH-IF" in stage1.data[0] and stage2.data[0].endswith("RLVR-MATH.jsonl")
 
 

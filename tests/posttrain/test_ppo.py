@@ -57,7 +57,7 @@ def test_algorithm_defaults_follow_the_spec_and_explicit_values_win():
     assert from_dict(type(ppo), to_dict(ppo)) == ppo
     assert from_dict(type(grpo), to_dict(grpo)) == grpo
     demo = load_rlvr_config(REPO / "configs/posttrain/demo-rlvr-ppo.yaml")
-    assert demo.algorithm == "ppo" and demo.out_dir == "runs/posttrain-demo/rlvr-ppo"
+    assert demo.algorithm == "ppo" and demo.run.folder == "runs/posttrain-demo/rlvr-ppo"
 
 
 @pytest.mark.parametrize(

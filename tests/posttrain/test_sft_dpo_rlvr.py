@@ -53,7 +53,7 @@ def digits_sft(tmp_path_factory, base):
     data = _jsonl(tmp / "digits.jsonl", rows)
     cfg = load_sft_config(
         None,
-        [f"model={base}", f"data={data}", f"out_dir={tmp / 'run'}", "optim.lr=3e-2", "epochs=16"]
+        [f"model={base}", f"data={data}", f"run.folder={tmp / 'run'}", "optim.lr=3e-2", "run.epochs=16"]
         + ["batch_size=20", "micro_batch_size=20", "max_seq_len=64", "schedule.warmup_ratio=0.0"],
     )
     summary = train_sft(cfg)
@@ -80,8 +80,8 @@ def test_sft_packing_matches_target_count(tmp_path, base, tok):
     data = _jsonl(tmp_path / "d.jsonl", rows)
     cfg = load_sft_config(
         None,
-        [f"model={base}", f"data={data}", f"out_dir={tmp_path / 'run'}", "packing=true", "max_seq_len=64"]
-        + ["batch_size=1", "micro_batch_size=1", "epochs=1", "loss_reduction=mean"],
+        [f"model={base}", f"data={data}", f"run.folder={tmp_path / 'run'}", "packing=true", "max_seq_len=64"]
+        + ["batch_size=1", "micro_batch_size=1", "run.epochs=1", "loss_reduction=mean"],
     )
     train_sft(cfg)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -111,7 +111,7 @@ def test_dpo_margin_and_accuracy_rise_reference_cached(tmp_path, base):
         for a in range(1, 9)
     ]
     data = _jsonl(tmp_path / "pairs.jsonl", rows)
-    args = [f"model={base}", f"data={data}", f"out_dir={tmp_path / 'run'}", "optim.lr=2e-3", "epochs=6"]
+    args = [f"model={base}", f"data={data}", f"run.folder={tmp_path / 'run'}", "optim.lr=2e-3", "run.epochs=6"]
     args += ["batch_size=8", "micro_batch_size=4", "max_seq_len=64", "schedule.warmup_ratio=0.0"]
     summary = train_dpo(load_dpo_config(None, args))
     assert summary["reference_cache"] == "computed"
@@ -122,7 +122,7 @@ def test_dpo_margin_and_accuracy_rise_reference_cached(tmp_path, base):
     assert {"chosen_logps", "rejected_logps"} <= set(records[-1])
     cache = torch.load(tmp_path / "run" / "reference_logps.pt", weights_only=True)
     assert cache["chosen"].shape == (len(rows),)
-    again = train_dpo(load_dpo_config(None, [*args, "max_steps=1"]))
+    again = train_dpo(load_dpo_config(None, [*args, "run.max_steps=1"]))
     assert again["reference_cache"] == "loaded"
 
 
@@ -134,7 +134,7 @@ def _train_digit_rl(digits_sft, out, *overrides) -> tuple[dict, list[dict], floa
     t0 = time.time()
     common = ["batch_size=2", "group_size=8", "micro_batch_size=16", "max_new_tokens=3"]
     cfg = load_rlvr_config(
-        None, [f"model={run / 'model'}", f"data={data}", f"out_dir={out}", *common, *overrides]
+        None, [f"model={run / 'model'}", f"data={data}", f"run.folder={out}", *common, *overrides]
     )
     summary = train_rlvr(cfg)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -223,7 +223,7 @@ def test_cli_commands_parse_and_dry_run(base, capsys, digits_sft, monkeypatch):
     for name in ("sft", "rlvr"):
         args = parser.parse_args([name, f"configs/posttrain/demo-{name}.yaml", "--dry-run"])
         args.func(args)
-        assert json.loads(capsys.readouterr().out)["out_dir"].startswith("runs/posttrain-demo/")
+        assert json.loads(capsys.readouterr().out)["run"]["folder"].startswith("runs/posttrain-demo/")
     run, _, _ = digits_sft
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{PROMPT}\n"))
     args = parser.parse_args(["chat", str(run / "model"), "--max-new-tokens", "4"])

@@ -51,9 +51,9 @@ def test_non_embedding_n_would_not_reproduce_the_paper():
 @pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=lambda r: r.size)
 def test_paper_recipes_match_the_shipped_configs(recipe):
     stage1 = load_train_config(CONFIGS / f"olmo2-{recipe.size}-stage1.yaml")
-    assert (stage1.trainer.max_steps, stage1.data.global_batch_size) == (recipe.stage1_steps, recipe.batch)
+    assert (stage1.run.max_steps, stage1.data.global_batch_size) == (recipe.stage1_steps, recipe.batch)
     stage2 = {
-        yaml.safe_load(p.read_text())["trainer"]["max_steps"]
+        yaml.safe_load(p.read_text())["run"]["max_steps"]
         for p in CONFIGS.glob(f"olmo2-{recipe.size}-stage2-*.yaml")
     }
     assert set(recipe.anneal_steps) == stage2
@@ -77,7 +77,7 @@ def test_paper_table_lists_every_size():
 
 
 def test_run_flops_reads_config_and_last_metrics(tmp_path):
-    overrides = ["model=tiny", "data.mix=x.yaml", "trainer.save_folder=x", "trainer.max_steps=3000"]
+    overrides = ["model=tiny", "data.mix=x.yaml", "run.folder=x", "run.max_steps=3000"]
     save_train_config(load_train_config(None, overrides), tmp_path / "config.yaml")  # as the trainer does
     records = [{"step": s, "tokens": s * 4096, "loss": 1.0} for s in range(1, 3001)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

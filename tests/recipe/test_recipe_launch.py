@@ -24,7 +24,7 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def _stage1_recipe(tmp_path: Path, train_config_dict) -> Path:
-    stage1 = train_config_dict(trainer={"max_steps": 4, "save_folder": "unused"})
+    stage1 = train_config_dict(run={"max_steps": 4, "folder": "unused"})
     stage1["checkpoint"] = {"save_every": 2, "keep_last": 1}
     (tmp_path / "stage1.yaml").write_text(yaml.safe_dump(stage1))
     recipe = {
@@ -109,12 +109,12 @@ def test_posttrain_stages_are_launched_as_olmo2_commands(tmp_path, monkeypatch):
         (
             "posttrain-sft",
             [*torchrun, "--max_restarts=1", "-m", "olmo2.cli", "sft", "sft.yaml"]
-            + ["model=/models/soup", f"out_dir={post / 'sft'}"],
+            + ["model=/models/soup", f"run.folder={post / 'sft'}"],
         ),
         (
             "posttrain-dpo",
             [*torchrun, "--max_restarts=1", "-m", "olmo2.cli", "dpo", "dpo.yaml"]
-            + ["model=/models/sft", f"out_dir={post / 'dpo'}"],
+            + ["model=/models/sft", f"run.folder={post / 'dpo'}"],
         ),
     ]
     assert results["dpo"]["model"] == "/models/dpo"

@@ -14,8 +14,8 @@ from olmo2.recipe.runner import Recipe, RecipeConfig, RecipePostTrainConfig
 
 TINY = ModelConfig(d_model=32, n_layers=1, n_heads=2, mlp_hidden=64, max_seq_len=128)
 STAGES = {
-    "sft": {"max_steps": 2, "batch_size": 4, "micro_batch_size": 4, "max_seq_len": 64},
-    "dpo": {"max_steps": 2, "batch_size": 2, "micro_batch_size": 2, "max_seq_len": 64},
+    "sft": {"run": {"max_steps": 2}, "batch_size": 4, "micro_batch_size": 4, "max_seq_len": 64},
+    "dpo": {"run": {"max_steps": 2}, "batch_size": 2, "micro_batch_size": 2, "max_seq_len": 64},
     "rlvr": {"steps": 2, "batch_size": 2, "group_size": 2, "max_new_tokens": 4, "optim": {"lr": 1e-4}},
 }
 
@@ -23,8 +23,8 @@ STAGES = {
 def _recipe(tmp_path, stages=STAGES) -> Recipe:
     paths = {}
     for name, cfg in stages.items():
-        # model, data and out_dir are the recipe's to set: placeholders prove they are replaced
-        full = {"model": "unused", "data": "unused.jsonl", "out_dir": "unused", **cfg}
+        # model, data and run.folder are the recipe's to set: placeholders prove they are replaced
+        full = {"model": "unused", "data": "unused.jsonl", **cfg, "run": {**cfg.get("run", {}), "folder": "unused"}}
         paths[name] = tmp_path / f"{name}.yaml"
         paths[name].write_text(yaml.safe_dump(full))
     cfg = RecipeConfig(

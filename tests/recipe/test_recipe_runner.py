@@ -16,10 +16,10 @@ from olmo2.recipe.runner import Recipe, load_recipe
 
 
 def _recipe(tmp_path: Path, train_config, seeds=(1, 2)) -> Path:
-    stage1 = train_config(trainer={"max_steps": 6, "save_folder": "unused"})
+    stage1 = train_config(run={"max_steps": 6, "folder": "unused"})
     stage1["checkpoint"] = {"save_every": 2, "keep_last": 1}
     (tmp_path / "stage1.yaml").write_text(yaml.safe_dump(stage1))
-    stage2 = train_config(trainer={"max_steps": 4, "save_folder": "unused"})
+    stage2 = train_config(run={"max_steps": 4, "folder": "unused"})
     stage2["schedule"] = {"name": "linear", "warmup_steps": 0, "alpha_f": 0.0}
     stage2["checkpoint"] = {"save_every": 1, "keep_last": 1}
     (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(stage2))

@@ -53,7 +53,7 @@ def torchrun_train(torchrun):
             *map(str, entry),
             "train",
             str(config),
-            f"trainer.save_folder={folder}",
+            f"run.folder={folder}",
             *overrides,
         ]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -30,10 +30,10 @@ def test_async_save_overlaps_training_and_resumes_exactly(
     make_train_config, tmp_path, monkeypatch, interrupt_at
 ):
     config = make_train_config(checkpoint={"save_every": 2, "keep_last": 2})
-    train(load_train_config(config, [f"trainer.save_folder={tmp_path}/sync"]))
+    train(load_train_config(config, [f"run.folder={tmp_path}/sync"]))
     run, async_on = (
         tmp_path / "async",
-        [f"trainer.save_folder={tmp_path}/async", "checkpoint.async_save=true"],
+        [f"run.folder={tmp_path}/async", "checkpoint.async_save=true"],
     )
 
     # Each checkpoint's HF export waits until training has finished one more step (its optimizer
@@ -74,10 +74,10 @@ def test_async_save_overlaps_training_and_resumes_exactly(
 
 def test_incomplete_async_checkpoint_is_never_resumed(make_train_config, tmp_path, monkeypatch, capsys):
     config = make_train_config(checkpoint={"save_every": 2, "keep_last": 0})
-    train(load_train_config(config, [f"trainer.save_folder={tmp_path}/sync"]))
+    train(load_train_config(config, [f"run.folder={tmp_path}/sync"]))
     run, async_on = (
         tmp_path / "async",
-        [f"trainer.save_folder={tmp_path}/async", "checkpoint.async_save=true"],
+        [f"run.folder={tmp_path}/async", "checkpoint.async_save=true"],
     )
     real_export = checkpoint_mod.save_state_dict
 

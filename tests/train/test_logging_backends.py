@@ -15,7 +15,7 @@ def test_tensorboard_scalars_match_metrics_after_a_resume(make_train_config, tmp
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    config = make_train_config(logging={"tensorboard": True}, trainer={"eval_every": 4})
+    config = make_train_config(logging={"tensorboard": True}, run={"eval_every": 4})
     interrupt_at(7)  # steps 5 and 6 are logged, then the run stops; it resumes from step 4
     with pytest.raises(interrupt_at.error):
         train(load_train_config(config))
@@ -50,7 +50,7 @@ def test_wandb_run_gets_every_record(make_train_config, tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
     wandb = {"enabled": True, "project": "olmo2-tests"}
-    train(load_train_config(make_train_config(logging={"wandb": wandb}), ["trainer.max_steps=3"]))
+    train(load_train_config(make_train_config(logging={"wandb": wandb}), ["run.max_steps=3"]))
     run = tmp_path / "run"
     (_, kwargs), *logs, last = calls
     assert last == ("finish",)

@@ -55,9 +55,9 @@ def test_hsdp_two_processes_match_one(
     """HSDP on 2 CPU ranks (Gloo): 1 replica group x 2 shards, and 2 replicas x 1 shard (pure
     replication through FSDP2), against one process. Both meshes work on CPU with torch 2.13."""
     config = make_train_config()
-    steps = ["trainer.max_steps=4", "trainer.precision=fp32", "data.validation=[]"]
+    steps = ["run.max_steps=4", "runtime.precision=fp32", "data.validation=[]"]
     single = tmp_path / "single"
-    train(load_train_config(config, [f"trainer.save_folder={single}", *steps]))
+    train(load_train_config(config, [f"run.folder={single}", *steps]))
     spy, meshes = tmp_path / "mesh_spy.py", tmp_path / "meshes"
     spy.write_text(MESH_SPY)
     meshes.mkdir()
@@ -65,8 +65,8 @@ def test_hsdp_two_processes_match_one(
         config,
         tmp_path / "hsdp",
         *steps,
-        "trainer.parallel=hsdp",
-        f"trainer.hsdp_replicas={replicas}",
+        "parallel.strategy=hsdp",
+        f"parallel.hsdp_replicas={replicas}",
         entry=(spy, meshes),
     )
     # Measured (both meshes): losses within 8e-8 relative, grad norms 8e-7, weights 1.6e-5 absolute.
@@ -83,11 +83,11 @@ def test_hsdp_two_processes_match_one(
 
 # --- activation checkpointing and compile (one process) ----------------------------------------
 
-STEPS = ["trainer.max_steps=3", "trainer.precision=fp32", "data.validation=[]"]
+STEPS = ["run.max_steps=3", "runtime.precision=fp32", "data.validation=[]"]
 
 
 def _run(config, folder, *overrides):
-    train(load_train_config(config, [f"trainer.save_folder={folder}", *STEPS, *overrides]))
+    train(load_train_config(config, [f"run.folder={folder}", *STEPS, *overrides]))
     return folder
 
 
@@ -106,7 +106,7 @@ def test_activation_checkpointing_changes_nothing(
         return real_checkpoint(*args, **kwargs)
 
     monkeypatch.setattr(transformer, "checkpoint", counting)
-    ac = _run(config, tmp_path / "ac", "trainer.activation_checkpointing=true")
+    ac = _run(config, tmp_path / "ac", "parallel.activation_checkpointing=true")
     assert len(calls) == 3 * 4 * 2  # steps x micro-batches (8 / 2) x blocks: every block ran under checkpoint
     # Zero tolerance: in fp32 on CPU the recomputed forward replays the same kernels on the same
     # inputs, so losses, grad norms and weights were measured bit-identical. (rel=0 leaves pytest.approx
@@ -123,7 +123,7 @@ def test_compile_per_block_matches_eager(make_train_config, tmp_path, assert_run
     torch._dynamo.reset()
     counters.clear()
     try:
-        compiled = _run(config, tmp_path / "compiled", "trainer.compile=true")
+        compiled = _run(config, tmp_path / "compiled", "runtime.compile=true")
         # One graph serves every block; it ran through AOT autograd (forward and backward compiled).
         assert counters["stats"]["unique_graphs"] == 1 and counters["aot_autograd"]["ok"] == 1
     finally:

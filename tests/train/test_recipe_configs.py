@@ -25,7 +25,7 @@ def test_stage1_config_matches_spec(size, monkeypatch):
     cfg = load_train_config(CONFIGS / f"olmo2-{size}-stage1.yaml")
     lr, warmup, batch, steps, seed = STAGE1[size]
     assert (cfg.optim.lr, cfg.schedule.warmup_steps, cfg.data.global_batch_size) == (lr, warmup, batch)
-    assert (cfg.trainer.max_steps, cfg.data.seed, cfg.data.seq_len) == (steps, seed, 4096)
+    assert (cfg.run.max_steps, cfg.data.seed, cfg.data.seq_len) == (steps, seed, 4096)
     assert cfg.optim.betas == (0.9, 0.95) and cfg.optim.eps == 1e-8 and cfg.optim.weight_decay == 0.1
     assert cfg.schedule.name == "cosine" and cfg.schedule.alpha_f == 0.1
     assert build_model(cfg.model, "meta").config == cfg.model
@@ -40,13 +40,13 @@ def test_stage2_config_starts_where_stage1_ends(path, monkeypatch):
     stage1 = load_train_config(CONFIGS / f"olmo2-{size}-stage1.yaml")
     assert cfg.model == stage1.model and cfg.data.global_batch_size == stage1.data.global_batch_size
     assert cfg.schedule.name == "linear" and cfg.schedule.warmup_steps == 0 and cfg.schedule.alpha_f == 0
-    assert cfg.init.checkpoint.endswith(f"step{stage1.trainer.max_steps}") and cfg.init.load_optimizer
+    assert cfg.init.checkpoint.endswith(f"step{stage1.run.max_steps}") and cfg.init.load_optimizer
     # The anneal's starting LR is the stage-1 schedule's value at the hand-off (spec §5).
-    handoff = stage1.optim.lr * lr_factor(stage1.schedule, stage1.trainer.max_steps, stage1.trainer.max_steps)
+    handoff = stage1.optim.lr * lr_factor(stage1.schedule, stage1.run.max_steps, stage1.run.max_steps)
     assert cfg.optim.lr == pytest.approx(handoff, rel=0.02)
     # Tokens: steps x batch x 4096 ≈ the mix's budget (the paper adds ~10 steps).
     budget = load_mix_config(cfg.data.mix).total_tokens
-    assert cfg.trainer.max_steps * cfg.data.global_batch_size * 4096 == pytest.approx(budget, rel=0.01)
+    assert cfg.run.max_steps * cfg.data.global_batch_size * 4096 == pytest.approx(budget, rel=0.01)
 
 
 def test_model_sizes_fit_their_names():

@@ -1,4 +1,4 @@
-"""trainer.spikes.skip_spikes: a loss spike vetoes the update (SkipStepAdamW), a normal step does not."""
+"""spikes.skip_spikes: a loss spike vetoes the update (SkipStepAdamW), a normal step does not."""
 
 import pytest
 import torch
@@ -46,8 +46,8 @@ def _unchanged(before, after) -> bool:
 
 @pytest.mark.parametrize("skip", [True, False])
 def test_a_loss_spike_is_skipped_and_a_normal_step_is_not(make_train_config, tmp_path, monkeypatch, skip):
-    spikes = f"trainer.spikes={{window: 8, sigmas: 6.0, min_count: 4, skip_spikes: {str(skip).lower()}}}"
-    cfg = load_train_config(make_train_config(), ["trainer.max_steps=9", "checkpoint.save_every=7", spikes])
+    spikes = f"spikes={{window: 8, sigmas: 6.0, min_count: 4, skip_spikes: {str(skip).lower()}}}"
+    cfg = load_train_config(make_train_config(), ["run.max_steps=9", "checkpoint.save_every=7", spikes])
     seen = _inject_spike(monkeypatch)
     train(cfg)
     records = read_metrics(tmp_path / "run")
@@ -70,16 +70,16 @@ def test_a_loss_spike_is_skipped_and_a_normal_step_is_not(make_train_config, tmp
 
 def test_skip_spikes_resumes_with_the_same_windows(make_train_config, tmp_path, monkeypatch, interrupt_at):
     """The spike windows are part of the checkpoint: a resumed run flags exactly what the whole one did."""
-    spikes = "trainer.spikes={window: 8, sigmas: 6.0, min_count: 4, skip_spikes: true}"
-    overrides = ["trainer.max_steps=9", "checkpoint.save_every=5", spikes]
+    spikes = "spikes={window: 8, sigmas: 6.0, min_count: 4, skip_spikes: true}"
+    overrides = ["run.max_steps=9", "checkpoint.save_every=5", spikes]
     _inject_spike(monkeypatch)
-    train(load_train_config(make_train_config(), [*overrides, f"trainer.save_folder={tmp_path}/whole"]))
+    train(load_train_config(make_train_config(), [*overrides, f"run.folder={tmp_path}/whole"]))
     assert '"grad_norm"' in (tmp_path / "whole/step5/state.json").read_text()  # a spike window
     run = tmp_path / "resumed"
     interrupt_at(6)  # after the step-5 checkpoint; the rerun resumes from it
     with pytest.raises(interrupt_at.error):
-        train(load_train_config(make_train_config(), [*overrides, f"trainer.save_folder={run}"]))
-    train(load_train_config(make_train_config(), [*overrides, f"trainer.save_folder={run}"]))
+        train(load_train_config(make_train_config(), [*overrides, f"run.folder={run}"]))
+    train(load_train_config(make_train_config(), [*overrides, f"run.folder={run}"]))
     whole, resumed = read_metrics(tmp_path / "whole"), read_metrics(run)
     assert [r["skipped"] for r in whole].count(True) == 1
     assert [(r["loss"], r["skipped"], r.get("spikes")) for r in whole] == [

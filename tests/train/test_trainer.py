@@ -23,7 +23,7 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def test_train_logs_saves_and_learns(make_train_config, tmp_path):
-    cfg = load_train_config(make_train_config(), ["trainer.max_steps=12", "trainer.eval_every=6"])
+    cfg = load_train_config(make_train_config(), ["run.max_steps=12", "run.eval_every=6"])
     summary = train(cfg)
     run = tmp_path / "run"
     records = _metrics(run)
@@ -46,8 +46,8 @@ def test_accumulation_does_not_change_loss_or_weights(make_train_config, tmp_pat
             make_train_config(),
             [
                 f"data.micro_batch_size={micro}",
-                f"trainer.save_folder={tmp_path}/mb{micro}",
-                "trainer.max_steps=3",
+                f"run.folder={tmp_path}/mb{micro}",
+                "run.max_steps=3",
             ],
         )
         train(cfg)
@@ -68,12 +68,12 @@ def _olmo2(*args, **kwargs):
 
 def test_sigkill_then_rerun_reproduces_the_uninterrupted_run(make_train_config, tmp_path):
     config = make_train_config(checkpoint={"save_every": 2, "keep_last": 0})
-    steps = ["trainer.max_steps=10"]
-    ref = _olmo2("train", config, *steps, "trainer.save_folder=" + str(tmp_path / "ref"))
+    steps = ["run.max_steps=10"]
+    ref = _olmo2("train", config, *steps, "run.folder=" + str(tmp_path / "ref"))
     assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
 
     run = tmp_path / "killed"
-    proc = _olmo2("train", config, *steps, f"trainer.save_folder={run}")
+    proc = _olmo2("train", config, *steps, f"run.folder={run}")
     deadline = time.time() + 300
     while time.time() < deadline:  # kill mid-run, after the step-4 checkpoint began
         if (run / "metrics.jsonl").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) >= 5:
@@ -83,7 +83,7 @@ def test_sigkill_then_rerun_reproduces_the_uninterrupted_run(make_train_config, 
     proc.wait()
     done = len((run / "metrics.jsonl").read_text().splitlines())
     assert done < 10, "the run finished before it could be killed"
-    again = _olmo2("train", config, *steps, f"trainer.save_folder={run}")
+    again = _olmo2("train", config, *steps, f"run.folder={run}")
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err.decode()
     assert "resumed from" in err.decode()
@@ -101,7 +101,7 @@ def test_non_finite_steps_are_skipped_then_the_run_halts(
     make_train_config, tmp_path, monkeypatch, async_save
 ):
     """With async saves too, the message names the last checkpoint (its write completes first)."""
-    overrides = ["trainer.max_steps=12", "checkpoint.save_every=3", f"checkpoint.async_save={async_save}"]
+    overrides = ["run.max_steps=12", "checkpoint.save_every=3", f"checkpoint.async_save={async_save}"]
     cfg = load_train_config(make_train_config(), overrides)
     from olmo2.train.trainer import LMTrainModule
 
@@ -128,17 +128,17 @@ def test_non_finite_steps_are_skipped_then_the_run_halts(
 
 
 def test_stage2_init_from_stage1_checkpoint(make_train_config, tmp_path):
-    train(load_train_config(make_train_config(), ["trainer.max_steps=4"]))
+    train(load_train_config(make_train_config(), ["run.max_steps=4"]))
     stage1 = tmp_path / "run" / "step4"
     anneal = [
-        "trainer.max_steps=4",
+        "run.max_steps=4",
         "schedule.name=linear",
         "schedule.warmup_steps=0",
         "schedule.alpha_f=0.0",
         "data.seed=42",
     ]
     for name, source in (("from_train", stage1), ("from_hf", stage1 / "model")):
-        overrides = [f"init.checkpoint={source}", f"trainer.save_folder={tmp_path}/{name}", *anneal]
+        overrides = [f"init.checkpoint={source}", f"run.folder={tmp_path}/{name}", *anneal]
         train(load_train_config(make_train_config(), overrides))
     a, b = _metrics(tmp_path / "from_train"), _metrics(tmp_path / "from_hf")
     assert a[-1]["lr"] == 0.0 and a[0]["lr"] == pytest.approx(3e-3 * 0.75)
@@ -153,13 +153,13 @@ def test_bad_config_fails_before_work(make_train_config, capsys, tmp_path):
     path = make_train_config()
     assert main(["train", str(path), "schedule.warmup_steps=8"]) == 2
     assert (
-        "schedule.warmup_steps (8) is not shorter than the run (trainer.max_steps 8)"
+        "schedule.warmup_steps (8) is not shorter than the run (run.max_steps 8)"
         in capsys.readouterr().err
     )
     assert main(["train", str(path), "data.micro_batch_size=3"]) == 2
     assert "not divisible by data.micro_batch_size (3)" in capsys.readouterr().err
-    train(load_train_config(path, ["trainer.max_steps=3", "checkpoint.save_every=3"]))
-    assert main(["train", str(path), "model.d_model=32", "trainer.max_steps=4"]) == 2
+    train(load_train_config(path, ["run.max_steps=3", "checkpoint.save_every=3"]))
+    assert main(["train", str(path), "model.d_model=32", "run.max_steps=4"]) == 2
     assert (
         "holds a checkpoint of another model (model.d_model: checkpoint 64, config 32)"
         in capsys.readouterr().err
@@ -168,8 +168,8 @@ def test_bad_config_fails_before_work(make_train_config, capsys, tmp_path):
     assert "unknown key optim.lrr (did you mean optim.lr" in capsys.readouterr().err
     assert main(["train", str(path), "data.mix=/nope.yaml"]) == 2
     assert "/nope.yaml" in capsys.readouterr().err
-    assert main(["train", str(path), "trainer.cpu_malloc_mmap_threshold_mib=64"]) == 2
-    assert "trainer.cpu_malloc_mmap_threshold_mib must be in [0, 32]" in capsys.readouterr().err
+    assert main(["train", str(path), "runtime.cpu_malloc_mmap_threshold_mib=64"]) == 2
+    assert "runtime.cpu_malloc_mmap_threshold_mib must be in [0, 32]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mib", [0, 8])
@@ -177,9 +177,9 @@ def test_cpu_run_sets_the_malloc_threshold_unless_zero(make_train_config, monkey
     calls = []
     monkeypatch.setattr("olmo2.train.trainer.set_malloc_mmap_threshold", calls.append)
     overrides = [
-        "trainer.max_steps=3",
+        "run.max_steps=3",
         "checkpoint.save_every=3",
-        f"trainer.cpu_malloc_mmap_threshold_mib={mib}",
+        f"runtime.cpu_malloc_mmap_threshold_mib={mib}",
     ]
     train(load_train_config(make_train_config(), overrides))
     assert calls == ([mib] if mib else [])
@@ -193,7 +193,7 @@ def test_malloc_mmap_threshold_is_set_on_glibc():
 
 
 def test_plot_writes_png(make_train_config, tmp_path, capsys):
-    train(load_train_config(make_train_config(), ["trainer.max_steps=3"]))
+    train(load_train_config(make_train_config(), ["run.max_steps=3"]))
     assert main(["plot", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "training.png").stat().st_size > 10_000
 
@@ -205,12 +205,12 @@ def test_two_processes_match_one(make_train_config, tmp_path, torchrun_train, as
     HSDP's meshes: tests/train/test_parallel_variants.py."""
     config = make_train_config()
     single = tmp_path / "single"
-    train(load_train_config(config, [f"trainer.save_folder={single}", "trainer.max_steps=4"]))
+    train(load_train_config(config, [f"run.folder={single}", "run.max_steps=4"]))
     multi = torchrun_train(
         config,
         tmp_path / parallel,
-        "trainer.max_steps=4",
-        f"trainer.parallel={parallel}",
+        "run.max_steps=4",
+        f"parallel.strategy={parallel}",
         f"checkpoint.async_save={parallel == 'ddp'}",
     )
     assert_runs_match(single, multi, step=4)  # weights: 4 AdamW steps of lr 3e-3

@@ -26,11 +26,18 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from olmo2.chat import write_hf_chat_files
-from olmo2.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
+from olmo2.config import ConfigError, apply_overrides, from_dict, read_yaml, refuse_moved_keys, to_dict
 from olmo2.model.checkpoint import CheckpointError, load_model, resolve_model_dir, save_state_dict
 from olmo2.tokenizer import load_tokenizer
 from olmo2.train.components import Checkpointer, GarbageCollection, MetricsWriter
-from olmo2.train.config import CheckpointConfig, RunConfig
+from olmo2.train.config import (
+    RUNTIME_MOVED_KEYS,
+    CheckpointConfig,
+    LoggingConfig,
+    ParallelConfig,
+    RuntimeConfig,
+    SpikeConfig,
+)
 from olmo2.train.distributed import (
     DistEnv,
     barrier,
@@ -45,6 +52,7 @@ from olmo2.train.monitor import read_metrics
 from olmo2.train.optim import OptimConfig
 from olmo2.train.runtime import build_parallel_model, choose_precision
 from olmo2.train.schedule import ScheduleConfig
+from olmo2.train.tracking import open_sinks
 
 T = TypeVar("T")
 
@@ -52,6 +60,7 @@ __all__ = [
     "GlobalBatches",
     "PostTrainConfig",
     "StageRun",
+    "StageRunConfig",
     "add_cli_commands",
     "chat",
     "fit_stage",
@@ -61,17 +70,22 @@ __all__ = [
     "resolve_device",
     "save_final",
     "stage_run",
+    "stage_run_config",
 ]
 
-# Keys of the single-process post-training configs before they ran on the training engine.
-RENAMED_KEYS = {
+# Keys of earlier post-training layouts: the flat single-process one, then the ``trainer`` section.
+MOVED_KEYS = {
     "lr": "optim.lr",
     "weight_decay": "optim.weight_decay",
     "grad_clip": "optim.grad_clip",
     "warmup_ratio": "schedule.warmup_ratio",
-    "device": "trainer.device",
-    "precision": "trainer.precision",
-    "log_every": "trainer.log_every",
+    "device": "runtime.device",
+    "precision": "runtime.precision",
+    "log_every": "logging.every",
+    "out_dir": "run.folder",
+    "epochs": "run.epochs",
+    "max_steps": "run.max_steps",
+    **RUNTIME_MOVED_KEYS,
 }
 
 
@@ -86,29 +100,50 @@ def posttrain_schedule(warmup_ratio: float, name: str = "linear") -> ScheduleCon
 
 
 @dataclass
+class StageRunConfig:
+    """A post-training run: where it lives and how long it lasts."""
+
+    folder: str = "runs/posttrain"  # config.yaml, metrics.jsonl, step<N>/ checkpoints, model/
+    epochs: int = 1
+    max_steps: int | None = None  # cap on optimizer steps (demos, tests)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"run.epochs must be >= 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"run.max_steps must be >= 1 (or null), got {self.max_steps}")
+
+
+def stage_run_config(folder: str, epochs: int = 1) -> Callable[[], StageRunConfig]:
+    """A stage's default ``run`` section (its own folder, its own epoch count)."""
+    return lambda: StageRunConfig(folder=folder, epochs=epochs)
+
+
+@dataclass
 class PostTrainConfig:
     """Fields every post-training run has; the stages subclass it with their own defaults.
 
-    ``optim``, ``schedule``, ``trainer`` (device, precision, parallelism, spikes, ...) and
-    ``checkpoint`` are the sections pretraining has, read by the same code.
+    ``run``, ``optim``, ``schedule``, ``parallel``, ``runtime``, ``spikes``, ``checkpoint`` and
+    ``logging`` are the sections pretraining has, read by the same code.
     """
 
     model: str = ""  # input checkpoint directory (HF format, e.g. from `olmo2 model init` or a prior stage)
     data: str | list[str] = field(default_factory=list)  # JSONL file(s)
-    out_dir: str = "runs/posttrain"
     tokenizer: str | None = None  # default: the pinned dolma2 tokenizer
     seed: int = 0
-    epochs: int = 1
     batch_size: int = 8  # items per optimizer step, over all ranks
     micro_batch_size: int = 8  # items per forward/backward on one rank
-    max_steps: int | None = None  # cap on optimizer steps (demos, tests)
     strict: bool = False  # a bad data record is an error naming its file:line (default: counted, skipped)
+    run: StageRunConfig = field(default_factory=StageRunConfig)
     optim: OptimConfig = field(default_factory=lambda: posttrain_optim(1e-5))
     schedule: ScheduleConfig = field(default_factory=lambda: posttrain_schedule(0.03))
-    trainer: RunConfig = field(default_factory=RunConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    spikes: SpikeConfig = field(default_factory=SpikeConfig)
     checkpoint: CheckpointConfig = field(
         default_factory=lambda: CheckpointConfig(save_every=500, keep_last=2)
     )
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         self.data = [self.data] if isinstance(self.data, str) else list(self.data)
@@ -120,10 +155,6 @@ class PostTrainConfig:
             raise ValueError(
                 f"batch_size ({self.batch_size}) and micro_batch_size ({self.micro_batch_size}) must be >= 1"
             )
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1 (or null), got {self.max_steps}")
 
 
 def load_posttrain_config(
@@ -137,9 +168,10 @@ def load_posttrain_config(
     the key that replaced them."""
     data = apply_overrides(read_yaml(path), overrides or [])
     where = f"{path}: " if path is not None else ""
-    for old, new in RENAMED_KEYS.items():
-        if old in data:
-            raise ConfigError(f"{where}{old} is now {new} (post-training shares pretraining's sections)")
+    try:
+        refuse_moved_keys(data, MOVED_KEYS)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
     if isinstance(data.get("schedule"), str):
         raise ConfigError(f"{where}schedule: {data['schedule']!r} is now schedule.name")
     if defaults is not None:
@@ -239,8 +271,8 @@ class StageRun:
 
     def epoch_steps(self, data: GlobalBatches) -> int:
         """Optimizer steps of ``epochs`` passes, capped at ``max_steps``."""
-        total = data.steps_per_epoch * self.cfg.epochs
-        return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+        total = data.steps_per_epoch * self.cfg.run.epochs
+        return min(total, self.cfg.run.max_steps) if self.cfg.run.max_steps else total
 
 
 @contextlib.contextmanager
@@ -252,10 +284,10 @@ def stage_run(cfg: PostTrainConfig) -> Iterator[StageRun]:
         resolve_model_dir(cfg.model)
     except CheckpointError as e:
         raise ValueError(f"model: {e}") from None
-    env = init_distributed(cfg.trainer.device)
+    env = init_distributed(cfg.runtime.device)
     try:
-        if env.device.type == "cpu" and cfg.trainer.cpu_malloc_mmap_threshold_mib:
-            set_malloc_mmap_threshold(cfg.trainer.cpu_malloc_mmap_threshold_mib)
+        if env.device.type == "cpu" and cfg.runtime.cpu_malloc_mmap_threshold_mib:
+            set_malloc_mmap_threshold(cfg.runtime.cpu_malloc_mmap_threshold_mib)
         if cfg.batch_size % env.world_size:
             raise ValueError(
                 f"batch_size ({cfg.batch_size}) must be divisible by the number of ranks launched "
@@ -264,8 +296,8 @@ def stage_run(cfg: PostTrainConfig) -> Iterator[StageRun]:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         tok = load_tokenizer(cfg.tokenizer)
-        dtype, peak = choose_precision(cfg.trainer.precision, env.device)
-        out = Path(cfg.out_dir)
+        dtype, peak = choose_precision(cfg.runtime.precision, env.device)
+        out = Path(cfg.run.folder)
         if env.is_main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -278,11 +310,11 @@ def stage_run(cfg: PostTrainConfig) -> Iterator[StageRun]:
 
 
 def load_policy(run: StageRun, *, frozen: bool = False) -> nn.Module:
-    """The input checkpoint in fp32 on this rank's device, sharded or replicated as ``trainer.parallel``
+    """The input checkpoint in fp32 on this rank's device, sharded or replicated as ``parallel.strategy``
     says; ``frozen`` (a reference model): no gradients, no activation checkpointing or compile."""
-    cfg = run.cfg.trainer
-    model = load_model(run.cfg.model, device=run.env.device, dtype=torch.float32)
-    parallel = resolve_parallel(cfg.parallel, run.env.world_size)
+    cfg = run.cfg
+    model = load_model(cfg.model, device=run.env.device, dtype=torch.float32)
+    parallel = resolve_parallel(cfg.parallel.strategy, run.env.world_size)
     if frozen:
         model.requires_grad_(False)
         parallel = "none" if parallel == "ddp" else parallel  # DDP replicates gradients; a copy will do
@@ -291,18 +323,18 @@ def load_policy(run: StageRun, *, frozen: bool = False) -> nn.Module:
         env=run.env,
         dtype=run.dtype,
         parallel=parallel,
-        hsdp_replicas=cfg.hsdp_replicas,
-        activation_checkpointing=cfg.activation_checkpointing and not frozen,
-        compile=cfg.compile and not frozen,
+        hsdp_replicas=cfg.parallel.hsdp_replicas,
+        activation_checkpointing=cfg.parallel.activation_checkpointing and not frozen,
+        compile=cfg.runtime.compile and not frozen,
     )
     return model.eval() if frozen else model
 
 
 def fit_stage(run: StageRun, module: TrainModule, data: GlobalBatches, total_steps: int) -> list[dict]:
-    """Train ``module`` on the engine (resuming from ``out_dir``'s latest checkpoint), save the final
-    model to ``out_dir/model``; return the run's metrics records (on every rank)."""
+    """Train ``module`` on the engine (resuming from ``run.folder``'s latest checkpoint), save the final
+    model to ``run.folder/model``; return the run's metrics records (on every rank)."""
     cfg, env = run.cfg, run.env
-    spikes = cfg.trainer.spikes
+    spikes = cfg.spikes
     trainer = Trainer(
         module,
         data,
@@ -312,14 +344,15 @@ def fit_stage(run: StageRun, module: TrainModule, data: GlobalBatches, total_ste
             MetricsWriter(
                 run.out / "metrics.jsonl",
                 env,
-                log_every=cfg.trainer.log_every,
+                log_every=cfg.logging.every,
+                open_sinks=lambda start: open_sinks(cfg, run.out, start),
                 header=lambda t: (
                     f"{type(module).__name__}: {run.out} | {t.origin} | steps {t.step}->{t.total_steps} | "
-                    f"{env.world_size} rank(s), {resolve_parallel(cfg.trainer.parallel, env.world_size)}, "
+                    f"{env.world_size} rank(s), {resolve_parallel(cfg.parallel.strategy, env.world_size)}, "
                     f"{env.device.type}, {str(run.dtype).removeprefix('torch.')}"
                 ),
             ),
-            GarbageCollection(cfg.trainer.gc_every),
+            GarbageCollection(cfg.runtime.gc_every),
         ],
         checkpointer=Checkpointer(
             run.out,

@@ -20,12 +20,14 @@ from olmo2.model.loss import shift_labels
 from olmo2.posttrain.common import (
     PostTrainConfig,
     StageRun,
+    StageRunConfig,
     fit_stage,
     load_policy,
     load_posttrain_config,
     posttrain_optim,
     posttrain_schedule,
     stage_run,
+    stage_run_config,
 )
 from olmo2.posttrain.data import PreferenceExample, collate, load_preferences
 from olmo2.posttrain.losses import dpo_loss
@@ -43,7 +45,7 @@ __all__ = ["DPOConfig", "DPOModule", "load_dpo_config", "train_dpo"]
 class DPOConfig(PostTrainConfig):
     """Defaults follow spec §6.3: 1 epoch, 2048 tokens, batch 128, linear LR, 10% warmup, the 7B's LR."""
 
-    out_dir: str = "runs/dpo"
+    run: StageRunConfig = field(default_factory=stage_run_config("runs/dpo"))
     optim: OptimConfig = field(default_factory=lambda: posttrain_optim(1e-6))
     schedule: ScheduleConfig = field(default_factory=lambda: posttrain_schedule(0.1))
     max_seq_len: int = 2048

@@ -207,10 +207,10 @@ class PPOModule(TrainModule):
             value_model,
             env=env,
             dtype=run.dtype,
-            parallel=cfg.trainer.parallel,
-            hsdp_replicas=cfg.trainer.hsdp_replicas,
-            activation_checkpointing=cfg.trainer.activation_checkpointing,
-            compile=cfg.trainer.compile,
+            parallel=cfg.parallel.strategy,
+            hsdp_replicas=cfg.parallel.hsdp_replicas,
+            activation_checkpointing=cfg.parallel.activation_checkpointing,
+            compile=cfg.runtime.compile,
             backbone=body,
         )
         self.updates = cfg.ppo_epochs * cfg.num_mini_batches  # optimizer steps per rollout

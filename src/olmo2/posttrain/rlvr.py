@@ -28,12 +28,14 @@ import torch
 from olmo2.posttrain.common import (
     PostTrainConfig,
     StageRun,
+    StageRunConfig,
     fit_stage,
     load_policy,
     load_posttrain_config,
     plot_rewards,
     posttrain_schedule,
     stage_run,
+    stage_run_config,
 )
 from olmo2.posttrain.data import RLPrompt, load_rl_prompts
 from olmo2.posttrain.losses import group_advantages, grpo_loss
@@ -91,7 +93,7 @@ class RLVRConfig(PostTrainConfig):
     when the config does not set them (``load_rlvr_config``); the PPO-only block is ignored by GRPO."""
 
     algorithm: Literal["grpo", "ppo"] = "grpo"
-    out_dir: str = "runs/rlvr"
+    run: StageRunConfig = field(default_factory=stage_run_config("runs/rlvr"))
     schedule: ScheduleConfig = field(default_factory=lambda: posttrain_schedule(0.0, "constant"))
     steps: int = 100  # rollouts (GRPO: one optimizer step each; PPO: ppo_epochs × num_mini_batches)
     batch_size: int = 4  # unique prompts per step, over all ranks
@@ -263,7 +265,7 @@ def train_rlvr(cfg: RLVRConfig) -> dict:
     with stage_run(cfg) as run:
         prompts = run.load_records(load_rl_prompts, "rl_prompts", max_prompt_length=cfg.max_prompt_len)
         data = run.batches(len(prompts), "RLVR prompts")
-        total = min(cfg.steps, cfg.max_steps or cfg.steps)
+        total = min(cfg.steps, cfg.run.max_steps or cfg.steps)
         model = load_policy(run)
         ref = load_policy(run, frozen=True) if cfg.beta else None
         if cfg.algorithm == "ppo":

@@ -19,11 +19,13 @@ from olmo2.model.loss import shift_labels
 from olmo2.posttrain.common import (
     PostTrainConfig,
     StageRun,
+    StageRunConfig,
     fit_stage,
     load_policy,
     load_posttrain_config,
     posttrain_optim,
     stage_run,
+    stage_run_config,
 )
 from olmo2.posttrain.data import PackedRow, SFTExample, collate, load_sft, pack_examples
 from olmo2.train.distributed import all_reduce_sum
@@ -47,9 +49,8 @@ __all__ = ["SFTConfig", "SFTModule", "load_sft_config", "train_sft"]
 class SFTConfig(PostTrainConfig):
     """Defaults follow spec §6.2 (2 epochs, 4096 tokens, sum loss, 3% warmup, linear, wd 0)."""
 
-    out_dir: str = "runs/sft"
+    run: StageRunConfig = field(default_factory=stage_run_config("runs/sft", epochs=2))
     optim: OptimConfig = field(default_factory=lambda: posttrain_optim(5e-6))
-    epochs: int = 2
     max_seq_len: int = 4096
     batch_size: int = 128
     micro_batch_size: int = 4

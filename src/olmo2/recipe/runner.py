@@ -70,7 +70,7 @@ class RecipeEvalConfig:
 class RecipePostTrainConfig:
     """OLMo 2-Instruct in miniature (spec §6): each given stage runs, in the order SFT → DPO → RLVR, on
     the previous one's output, the first on the soup (else the last anneal). The recipe sets each
-    stage config's ``model`` and ``out_dir`` (under ``OUT/posttrain/``) and, with ``demo_data``, its
+    stage config's ``model`` and ``run.folder`` (under ``OUT/posttrain/``) and, with ``demo_data``, its
     ``data``: the offline files of ``olmo2 posttrain-data``, written to ``OUT/posttrain/data``."""
 
     sft: str | None = None  # `olmo2 sft` config
@@ -230,14 +230,14 @@ class Recipe:
 
     def _train(self, step: str, config: str, save_folder: Path, extra: list[str]) -> dict:
         variables = [f"data.variables.{k}={v}" for k, v in self.variables.items()]
-        overrides = [*variables, *extra, *self.train_overrides, f"trainer.save_folder={save_folder}"]
+        overrides = [*variables, *extra, *self.train_overrides, f"run.folder={save_folder}"]
         summary = self._launch(step, "train", config, overrides)
         final = latest_checkpoint(save_folder)
         return {"checkpoint": str(final), "run_dir": str(save_folder), **summary}
 
     def _posttrain_overrides(self, name: str, model: str) -> list[str]:
         out = self.out / "posttrain"
-        extra = [f"model={model}", f"out_dir={out / name}"]
+        extra = [f"model={model}", f"run.folder={out / name}"]
         if self.cfg.posttrain and self.cfg.posttrain.demo_data:
             extra.append(f"data={out / 'data' / f'{name}.jsonl'}")
         return extra

@@ -1,5 +1,6 @@
-"""The one typed config of ``olmo2 train``: model, data, optimizer, schedule, trainer, checkpoints,
-logging.
+"""The typed config of ``olmo2 train``, one section per concern: model, data, run (folder and length),
+optim, schedule, loss, init, parallel, runtime, spikes, checkpoint, logging. Post-training reuses the
+parallel, runtime, spikes, checkpoint and logging sections.
 
 Loaded from YAML with ``key.sub=value`` overrides and validated before any work starts. ``model`` may
 be a preset name (``model: 1b``); it is expanded to the preset's fields first, so
@@ -16,7 +17,7 @@ from typing import Literal
 
 import yaml
 
-from olmo2.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
+from olmo2.config import ConfigError, apply_overrides, from_dict, read_yaml, refuse_moved_keys, to_dict
 from olmo2.model.config import ModelConfig, preset
 from olmo2.train.optim import OptimConfig
 from olmo2.train.schedule import ScheduleConfig
@@ -52,17 +53,29 @@ class SpikeConfig:
 
 
 @dataclass
-class RunConfig:
-    """How any stage's run executes (pretraining's ``trainer`` section; post-training's too)."""
+class LossConfig:
+    """The pretraining loss beside cross-entropy, and how it is computed."""
 
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where it is faster
-    device: str = "auto"  # auto: cuda if available, else cpu
-    parallel: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"  # auto: fsdp if several ranks
+    z_loss_multiplier: float = 1e-5  # paper Tab 1 / 32B (spec §12.1 lists the 1e-4 alternative)
+    chunk_size: int = 512  # logits rows per chunk: 512 x 100352 fp32 = 205 MB per buffer
+
+
+@dataclass
+class ParallelConfig:
+    """How the model is spread over ranks (``torchrun``); one process needs none of it."""
+
+    strategy: Literal["auto", "none", "ddp", "fsdp", "hsdp"] = "auto"  # auto: fsdp if several ranks
     hsdp_replicas: int | None = None  # hsdp: number of replica groups (default: one per node)
     activation_checkpointing: bool = False
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how fast the run executes; none of it changes what is learned (up to precision)."""
+
+    device: str = "auto"  # auto: cuda if available, else cpu
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where it is faster
     compile: bool = False
-    log_every: int = 1
-    spikes: SpikeConfig = field(default_factory=SpikeConfig)
     gc_every: int = 100  # explicit Python GC every N steps on all ranks together (spec §9.1)
     # CPU runs: tensors of at least this many MiB get their own mmap and go back to the OS when freed
     # (glibc's mallopt); glibc's default, a threshold that rises to 32 MiB, lets freed activations
@@ -72,31 +85,25 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.cpu_malloc_mmap_threshold_mib <= 32:
             raise ValueError(
-                "trainer.cpu_malloc_mmap_threshold_mib must be in [0, 32] (glibc caps its threshold at 32 MiB), "
+                "runtime.cpu_malloc_mmap_threshold_mib must be in [0, 32] (glibc caps its threshold at 32 MiB), "
                 f"got {self.cpu_malloc_mmap_threshold_mib}"
             )
-        if self.log_every < 1:
-            raise ValueError(f"trainer.log_every must be >= 1, got {self.log_every}")
 
 
-@dataclass(kw_only=True)
-class TrainerConfig(RunConfig):
-    """Pretraining's run: ``RunConfig`` plus its length, loss settings and held-out evaluation."""
+@dataclass
+class RunConfig:
+    """Pretraining's run: where it lives and how long it lasts."""
 
-    save_folder: str
+    folder: str  # config.yaml, metrics.jsonl and the step<N>/ checkpoints
     max_steps: int | None = None
     max_tokens: float | None = None  # alternative to max_steps: rounded up to whole steps
-    z_loss_multiplier: float = 1e-5  # paper Tab 1 / 32B (spec §12.1 lists the 1e-4 alternative)
-    loss_chunk_size: int = 512  # logits rows per chunk: 512 x 100352 fp32 = 205 MB per buffer
-    eval_every: int = 0  # steps between held-out evaluations (0: only at the end, if validation set)
-    init_seed: int = 0  # model initialisation seed
+    eval_every: int = 0  # steps between held-out evaluations (0: only at the end, if data.validation)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if (self.max_steps is None) == (self.max_tokens is None):
-            raise ValueError("set exactly one of trainer.max_steps and trainer.max_tokens")
+            raise ValueError("set exactly one of run.max_steps and run.max_tokens")
         if self.max_steps is not None and self.max_steps <= 0:
-            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+            raise ValueError(f"run.max_steps must be positive, got {self.max_steps}")
 
 
 @dataclass
@@ -139,10 +146,13 @@ class WandbConfig:
 class LoggingConfig:
     """Metric backends beside metrics.jsonl; each receives every record (rank 0 only)."""
 
-    tensorboard: bool = False  # event files in <save_folder>/tensorboard
+    every: int = 1  # steps between metrics records (console, metrics.jsonl, backends)
+    tensorboard: bool = False  # event files in <run folder>/tensorboard
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"logging.every must be >= 1, got {self.every}")
         if self.tensorboard:
             require_package("tensorboard", "tensorboard is on")
 
@@ -153,25 +163,32 @@ class InitConfig:
 
     checkpoint: str | None = None  # a training checkpoint step<N>/ or any model (HF) directory
     load_optimizer: bool = True  # restore AdamW moments too, when the checkpoint has them (spec §5)
+    seed: int = 0  # random initialisation seed (when there is no checkpoint)
 
 
 @dataclass
 class TrainConfig:
+    """``olmo2 train``'s config, one section per concern."""
+
     model: ModelConfig
     data: DataConfig
-    trainer: TrainerConfig
+    run: RunConfig
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    spikes: SpikeConfig = field(default_factory=SpikeConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
-        steps = self.trainer.max_steps
+        steps = self.run.max_steps
         if steps is not None and self.schedule.warmup_steps >= steps:
             raise ValueError(
                 f"schedule.warmup_steps ({self.schedule.warmup_steps}) is not shorter than the run "
-                f"(trainer.max_steps {steps})"
+                f"(run.max_steps {steps})"
             )
         if self.data.global_batch_size % self.data.micro_batch_size:
             raise ValueError(
@@ -182,6 +199,31 @@ class TrainConfig:
             raise ValueError(
                 f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
             )
+
+
+# Keys of the ``trainer`` section that mixed every concern, and the sections they moved to.
+RUNTIME_MOVED_KEYS = {
+    "trainer.device": "runtime.device",
+    "trainer.precision": "runtime.precision",
+    "trainer.compile": "runtime.compile",
+    "trainer.gc_every": "runtime.gc_every",
+    "trainer.cpu_malloc_mmap_threshold_mib": "runtime.cpu_malloc_mmap_threshold_mib",
+    "trainer.parallel": "parallel.strategy",
+    "trainer.hsdp_replicas": "parallel.hsdp_replicas",
+    "trainer.activation_checkpointing": "parallel.activation_checkpointing",
+    "trainer.log_every": "logging.every",
+    "trainer.spikes": "spikes",
+}
+MOVED_KEYS = {
+    **RUNTIME_MOVED_KEYS,
+    "trainer.save_folder": "run.folder",
+    "trainer.max_steps": "run.max_steps",
+    "trainer.max_tokens": "run.max_tokens",
+    "trainer.eval_every": "run.eval_every",
+    "trainer.init_seed": "init.seed",
+    "trainer.z_loss_multiplier": "loss.z_loss_multiplier",
+    "trainer.loss_chunk_size": "loss.chunk_size",
+}
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -198,6 +240,7 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
             raise ConfigError(f"{where}model: {e}") from None
     try:
         apply_overrides(data, [o for o in overrides or [] if not o.startswith("model=")])
+        refuse_moved_keys(data, MOVED_KEYS)
         return from_dict(TrainConfig, data)
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None

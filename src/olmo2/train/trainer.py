@@ -96,9 +96,9 @@ class LMTrainModule(TrainModule):
                 out = model(
                     ids,
                     labels=lab,
-                    z_loss_multiplier=self.cfg.trainer.z_loss_multiplier,
+                    z_loss_multiplier=self.cfg.loss.z_loss_multiplier,
                     loss_normalizer=normalizer,
-                    loss_chunk_size=self.cfg.trainer.loss_chunk_size,
+                    loss_chunk_size=self.cfg.loss.chunk_size,
                 )
                 # Each rank's loss is its share of the global mean; DDP/FSDP average gradients over
                 # ranks, so scale by the world size to make that average the global sum.
@@ -172,17 +172,17 @@ def _check_same_model(checkpoint: Path, cfg: TrainConfig) -> None:
         if getattr(found, k) != getattr(cfg.model, k)
     ]
     raise ValueError(
-        f"trainer.save_folder {checkpoint.parent} holds a checkpoint of another model ({'; '.join(diffs)}); "
-        "use a new save_folder"
+        f"run.folder {checkpoint.parent} holds a checkpoint of another model ({'; '.join(diffs)}); "
+        "use a new run.folder"
     )
 
 
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) pretraining or an anneal as configured; returns a summary of the run."""
-    env = init_distributed(cfg.trainer.device)
-    if env.device.type == "cpu" and cfg.trainer.cpu_malloc_mmap_threshold_mib:
-        set_malloc_mmap_threshold(cfg.trainer.cpu_malloc_mmap_threshold_mib)
-    save_folder = Path(cfg.trainer.save_folder)
+    env = init_distributed(cfg.runtime.device)
+    if env.device.type == "cpu" and cfg.runtime.cpu_malloc_mmap_threshold_mib:
+        set_malloc_mmap_threshold(cfg.runtime.cpu_malloc_mmap_threshold_mib)
+    save_folder = Path(cfg.run.folder)
     if env.is_main:
         save_folder.mkdir(parents=True, exist_ok=True)
         save_train_config(cfg, save_folder / "config.yaml")
@@ -198,32 +198,32 @@ def train(cfg: TrainConfig) -> dict:
             filter_repeats=cfg.data.filter_repeats,
             pin_memory=env.device.type == "cuda",
         )
-        total_steps = cfg.trainer.max_steps or math.ceil(cfg.trainer.max_tokens / loader.tokens_per_step)
-        dtype, peak = choose_precision(cfg.trainer.precision, env.device)
+        total_steps = cfg.run.max_steps or math.ceil(cfg.run.max_tokens / loader.tokens_per_step)
+        dtype, peak = choose_precision(cfg.runtime.precision, env.device)
         model = build_parallel_model(
-            build_model(cfg.model, env.device, seed=cfg.trainer.init_seed),
+            build_model(cfg.model, env.device, seed=cfg.init.seed),
             env=env,
             dtype=dtype,
-            parallel=cfg.trainer.parallel,
-            hsdp_replicas=cfg.trainer.hsdp_replicas,
-            activation_checkpointing=cfg.trainer.activation_checkpointing,
-            compile=cfg.trainer.compile,
+            parallel=cfg.parallel.strategy,
+            hsdp_replicas=cfg.parallel.hsdp_replicas,
+            activation_checkpointing=cfg.parallel.activation_checkpointing,
+            compile=cfg.runtime.compile,
         )
         module = LMTrainModule(model, cfg, env, dtype, peak, total_steps)
         components = [
             MetricsWriter(
                 save_folder / "metrics.jsonl",
                 env,
-                log_every=cfg.trainer.log_every,
+                log_every=cfg.logging.every,
                 open_sinks=lambda start: open_sinks(cfg, save_folder, start),
                 header=lambda t: (
                     f"olmo2 train: {save_folder} | {t.origin} | steps {t.step}->{t.total_steps} | "
-                    f"{env.world_size} rank(s), {resolve_parallel(cfg.trainer.parallel, env.world_size)}, "
+                    f"{env.world_size} rank(s), {resolve_parallel(cfg.parallel.strategy, env.world_size)}, "
                     f"{env.device.type}, {str(dtype).removeprefix('torch.')} | "
                     f"{loader.tokens_per_step:,} tokens/step\n{mix.summary()}"
                 ),
             ),
-            GarbageCollection(cfg.trainer.gc_every),
+            GarbageCollection(cfg.runtime.gc_every),
         ]
         if cfg.data.validation:
             val_loader = ValidationLoader(
@@ -235,8 +235,8 @@ def train(cfg: TrainConfig) -> dict:
                 rank=env.rank,
                 world_size=env.world_size,
             )
-            components.insert(0, HeldoutEval(lambda: module.heldout_loss(val_loader), cfg.trainer.eval_every))
-        spikes = cfg.trainer.spikes
+            components.insert(0, HeldoutEval(lambda: module.heldout_loss(val_loader), cfg.run.eval_every))
+        spikes = cfg.spikes
         trainer = Trainer(
             module,
             loader,
@@ -249,9 +249,7 @@ def train(cfg: TrainConfig) -> dict:
             guard=SpikeGuard(spikes.window, spikes.sigmas, spikes.min_count, spikes.skip_spikes),
             max_consecutive_skips=spikes.max_consecutive_skips,
             on_fresh_start=lambda: (
-                _init_from(cfg, module, env)
-                if cfg.init.checkpoint
-                else f"random init (seed {cfg.trainer.init_seed})"
+                _init_from(cfg, module, env) if cfg.init.checkpoint else f"random init (seed {cfg.init.seed})"
             ),
         )
         summary = trainer.fit()
