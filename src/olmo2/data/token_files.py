@@ -8,6 +8,9 @@ metadata format: token range, end exclusive; source document id, file and line);
 Readers need none of the sidecars: any raw uint32 file works, under any name, including files written
 by the Dolma toolkit. Writers make a file visible only once it is complete (temporary name in the same
 directory, fsync, rename), so a reader or a re-run never sees half a file.
+
+This module is the one place that knows the layout (``DTYPE``, ``count_tokens``, ``read_tokens``);
+mixes, the loader and the tokenizer go through it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = [
     "TokenFileError",
     "TokenDirWriter",
     "TokenFileWriter",
+    "count_tokens",
     "document_spans",
     "list_token_files",
     "manifest_name",
@@ -55,13 +59,18 @@ class TokenFileError(ValueError):
     """A token file, manifest or output directory that cannot be used as it is."""
 
 
+def count_tokens(path: str | os.PathLike) -> int:
+    """The tokens in a token file, from its size alone (no header to read), refusing a partial token."""
+    size = os.path.getsize(path)
+    if size % DTYPE.itemsize:
+        raise TokenFileError(f"{path}: {size} bytes is not a whole number of uint32 tokens")
+    return size // DTYPE.itemsize
+
+
 def read_tokens(path: str | os.PathLike) -> np.ndarray:
     """The tokens of a raw uint32 token file, memory-mapped read-only (an empty file gives an empty array)."""
     path = Path(path)
-    size = path.stat().st_size
-    if size % DTYPE.itemsize:
-        raise TokenFileError(f"{path}: {size} bytes is not a whole number of uint32 tokens")
-    if size == 0:
+    if count_tokens(path) == 0:
         return np.zeros(0, DTYPE)
     with open(path, "rb") as f:
         if (
@@ -123,7 +132,7 @@ class TokenFile:
         return self._tokens
 
     def __len__(self) -> int:
-        return self.path.stat().st_size // DTYPE.itemsize
+        return count_tokens(self.path)
 
     def spans(self) -> list[DocumentSpan]:
         return document_spans(self.path, self.eos_token_id)
@@ -220,9 +229,7 @@ def list_token_files(paths_or_globs: Sequence[str | os.PathLike] | str | os.Path
         for m in matches:
             if not os.path.isfile(m):
                 raise FileNotFoundError(f"token file {m} does not exist")
-            size = os.path.getsize(m)
-            if size % DTYPE.itemsize:
-                raise TokenFileError(f"{m}: {size} bytes is not a whole number of uint32 tokens")
+            count_tokens(m)  # refuses a partial token now rather than at training time
             real = os.path.realpath(m)
             if real not in seen:
                 seen.add(real)
@@ -381,20 +388,20 @@ def open_checkpoint(out_dir: Path, shard: tuple[int, int], fingerprint: dict) ->
 class TokenDirWriter:
     """Rolls documents into ``part-SSSSS-NNNNN.npy`` files of at most ``max_tokens``, cut between documents.
 
-    The manifest ``m`` doubles as the checkpoint: after each finished file it is rewritten with the
+    The ``manifest`` doubles as the checkpoint: after each finished file it is rewritten with the
     position (``unit``, ``document``) of the first document not yet in a finished file, so a killed job
     resumes there; ``finish()`` marks it complete.
     """
 
     def __init__(self, out_dir: Path, shard: tuple[int, int], manifest: dict, max_tokens: int) -> None:
-        self.out_dir, self.shard, self.m, self.max_tokens = Path(out_dir), shard, manifest, max_tokens
+        self.out_dir, self.shard, self.manifest, self.max_tokens = Path(out_dir), shard, manifest, max_tokens
         self.writer: TokenFileWriter | None = None
 
     def save(self, resume: dict | None) -> None:
         """Write the manifest; ``resume=None`` marks the job complete."""
-        self.m["resume"], self.m["complete"] = resume, resume is None
-        self.m["totals"] = manifest_totals(self.m)
-        write_json_atomic(self.out_dir / manifest_name(*self.shard), self.m)
+        self.manifest["resume"], self.manifest["complete"] = resume, resume is None
+        self.manifest["totals"] = manifest_totals(self.manifest)
+        write_json_atomic(self.out_dir / manifest_name(*self.shard), self.manifest)
 
     def add(self, tokens, lens, ids, src: str, locs, first: int, unit: int) -> None:
         """Append documents ``first..`` of a unit (``tokens`` concatenated, ``lens`` per document)."""
@@ -402,7 +409,7 @@ class TokenDirWriter:
         j, n = first, len(lens)
         while j < n:
             if self.writer is None:
-                name = f"part-{self.shard[0]:05d}-{len(self.m['files']):05d}.npy"
+                name = f"part-{self.shard[0]:05d}-{len(self.manifest['files']):05d}.npy"
                 self.writer = TokenFileWriter(self.out_dir / name)
             room = self.max_tokens - self.writer.tokens
             k = int(np.searchsorted(offsets[j + 1 :] - offsets[j], room, side="right"))
@@ -415,13 +422,13 @@ class TokenDirWriter:
                 )
                 j += k
             if j < n:  # the next document does not fit
-                self.m["files"].append(self.writer.commit())
+                self.manifest["files"].append(self.writer.commit())
                 self.writer = None
                 self.save({"unit": unit, "document": j})
 
     def finish(self) -> None:
         if self.writer is not None:
-            self.m["files"].append(self.writer.commit())
+            self.manifest["files"].append(self.writer.commit())
             self.writer = None
         self.save(None)
 
