@@ -472,7 +472,11 @@ def tokenize_documents(
                 "dtype": DTYPE.name,
                 "bos_token_id": None,
                 **settings,
-                "tokenizer": {"sha256": tok_sha, "source": tok_source},
+                "tokenizer": {
+                    "sha256": tok_sha,
+                    "source": tok_source,
+                    "vocab_size": hf.get_vocab_size(with_added_tokens=True),
+                },
                 "backend": encoder.backend,
                 "shard": list(shard),
                 "fingerprint": fingerprint,
