@@ -36,6 +36,7 @@ __all__ = [
     "TokenFileError",
     "TokenDirWriter",
     "TokenFileWriter",
+    "check_manifests",
     "count_tokens",
     "document_spans",
     "list_token_files",
@@ -154,6 +155,17 @@ def _manifest_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("manifest*.json") if p.is_file())
 
 
+def _load_manifest(path: Path) -> dict:
+    """One manifest file, refused unless olmo2 wrote it (any other ``manifest*.json`` is not ours)."""
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TokenFileError(f"{path}: unreadable manifest: {e}") from e
+    if m.get("format") != MANIFEST_FORMAT:
+        raise TokenFileError(f"{path}: not an olmo2 token-file manifest (format {m.get('format')!r})")
+    return m
+
+
 def read_manifest(directory: str | os.PathLike) -> dict | None:
     """The manifest of a token directory, shards merged; None when it has none (e.g. Dolma output).
 
@@ -163,15 +175,7 @@ def read_manifest(directory: str | os.PathLike) -> dict | None:
     paths = _manifest_files(Path(directory))
     if not paths:
         return None
-    manifests = []
-    for p in paths:
-        try:
-            m = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise TokenFileError(f"{p}: unreadable manifest: {e}") from e
-        if m.get("format") != MANIFEST_FORMAT:
-            raise TokenFileError(f"{p}: not an olmo2 token-file manifest (format {m.get('format')!r})")
-        manifests.append(m)
+    manifests = [_load_manifest(p) for p in paths]
     if len(manifests) == 1:
         return manifests[0]
     counts = {tuple(m["shard"])[1] for m in manifests}
@@ -201,6 +205,56 @@ def read_manifest(directory: str | os.PathLike) -> dict | None:
                 totals[key] = totals.get(key, 0) + value
     merged["totals"] = totals
     return merged
+
+
+def check_manifests(paths: Iterable[str | os.PathLike], *, eos_token_id: int | None, vocab_size: int) -> str:
+    """Refuse token files whose manifests say they were tokenized for another model, before training.
+
+    Every manifest in the directories of ``paths`` must give the model's ``eos_token_id`` (None: not
+    checked) and a ``tokenizer.vocab_size`` of at most ``vocab_size`` (older manifests lack it), and
+    all must name one tokenizer. Files without a manifest (Dolma/OLMo-core output) are taken as they
+    are. Returns one line for the run's log.
+    """
+    directories = list(dict.fromkeys(Path(p).parent for p in paths))
+    first: tuple[Path, str] | None = None  # the first manifest's path and tokenizer hash
+    with_manifest = 0
+    for directory in directories:
+        manifests = _manifest_files(directory)
+        with_manifest += bool(manifests)
+        for p in manifests:
+            m = _load_manifest(p)
+            eos, tokenizer = m.get("eos_token_id"), m.get("tokenizer", {})
+            if eos_token_id is not None and eos is not None and eos != eos_token_id:
+                raise TokenFileError(
+                    f"{p}: eos_token_id is {eos} but the model's eos_token_id is {eos_token_id}, so the "
+                    "model would not see where documents end; tokenize with the model's tokenizer, or set "
+                    f"the model's eos_token_id to {eos} if the model is meant for this tokenizer"
+                )
+            vocab = tokenizer.get("vocab_size")
+            if vocab is not None and vocab > vocab_size:
+                raise TokenFileError(
+                    f"{p}: tokenizer.vocab_size is {vocab} but the model's vocab_size is {vocab_size}, so "
+                    f"ids up to {vocab - 1} may fall outside the model's vocabulary; tokenize with the "
+                    f"model's tokenizer, or give the model a vocab_size of at least {vocab}"
+                )
+            sha = tokenizer.get("sha256")
+            if first is None:
+                first = (p, sha)
+            elif sha != first[1]:
+                raise TokenFileError(
+                    f"{p}: tokenizer.sha256 is {sha} but {first[0]} has {first[1]}: ids of different "
+                    "tokenizers need not mean the same text, so they cannot be trained on together; "
+                    "tokenize every source with the model's tokenizer (olmo2 tokenize --tokenizer PATH)"
+                )
+    if first is None:
+        return (
+            f"token files: no manifest in their {len(directories)} directories (raw Dolma/OLMo files?), "
+            "so their tokenizer is not checked against the model"
+        )
+    return (
+        f"token files: the manifests of {with_manifest} of {len(directories)} directories match the model "
+        f"(tokenizer sha256 {str(first[1])[:12]})"
+    )
 
 
 def list_token_files(paths_or_globs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
