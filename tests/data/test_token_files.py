@@ -13,6 +13,7 @@ from olmo2.data.token_files import (
     TokenFile,
     TokenFileError,
     TokenFileWriter,
+    check_manifests,
     document_spans,
     list_token_files,
     manifest_name,
@@ -146,3 +147,59 @@ def test_read_manifest_merges_shards(tmp_path):
     (tmp_path / "manifest-00001-of-00002.json").write_text(json.dumps(_manifest(1, 3, [])))
     with pytest.raises(TokenFileError, match="different jobs"):
         read_manifest(tmp_path)
+
+
+def tokenized_dir(path, *, eos=EOS, vocab=100_278, sha="a" * 64, shard=(0, 1)):
+    """A token file in a directory with the manifest keys training checks, as ``olmo2 tokenize`` writes."""
+    path.mkdir(exist_ok=True)
+    name = f"part-{shard[0]:05d}-00000.npy"
+    manifest = {
+        "format": "olmo2.token-files",
+        "eos_token_id": eos,
+        "tokenizer": {"sha256": sha, "vocab_size": vocab},
+        "files": [{"name": name, "tokens": 3}],
+    }
+    write_json_atomic(path / manifest_name(*shard), manifest)
+    return raw(path / name, [1, 2, eos])
+
+
+MODEL = {"eos_token_id": EOS, "vocab_size": 100_278}
+
+
+def test_check_manifests_accepts_matching_and_raw_token_files(tmp_path):
+    web, code = tokenized_dir(tmp_path / "web"), tokenized_dir(tmp_path / "code", vocab=50_000)
+    (tmp_path / "dolma").mkdir()
+    dolma = raw(tmp_path / "dolma" / "part-0-00000.npy", [1, EOS])  # no manifest: taken as it is
+    note = check_manifests([web, code, dolma], **MODEL)
+    assert (
+        note
+        == "token files: the manifests of 2 of 3 directories match the model (tokenizer sha256 aaaaaaaaaaaa)"
+    )
+    assert "no manifest in their 1 directories" in check_manifests([dolma], **MODEL)
+    assert check_manifests([web], eos_token_id=None, vocab_size=100_278)  # a model without EOS: not compared
+    old = tokenized_dir(tmp_path / "old", vocab=None)  # manifests before tokenizer.vocab_size: not compared
+    assert check_manifests([old], **MODEL)
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ({"eos": 0}, r"eos_token_id is 0 but the model's eos_token_id is 100257, .*eos_token_id to 0"),
+        (
+            {"vocab": 100_352},
+            r"tokenizer\.vocab_size is 100352 but the model's vocab_size is 100278, .*100352",
+        ),
+        ({"sha": "b" * 64}, r"tokenizer\.sha256 is b{64} but \S*web.manifest\.json has a{64}: .*--tokenizer"),
+    ],
+)
+def test_check_manifests_names_the_file_key_and_both_values(tmp_path, written, message):
+    files = [tokenized_dir(tmp_path / "web"), tokenized_dir(tmp_path / "other", **written)]
+    with pytest.raises(TokenFileError, match=r"other.manifest\.json: " + message):
+        check_manifests(files, **MODEL)
+
+
+def test_check_manifests_compares_the_shards_of_one_directory(tmp_path):
+    first = tokenized_dir(tmp_path, shard=(0, 2))
+    second = tokenized_dir(tmp_path, sha="c" * 64, shard=(1, 2))
+    with pytest.raises(TokenFileError, match=r"manifest-00001-of-00002\.json: tokenizer\.sha256 is c{64}"):
+        check_manifests([first, second], **MODEL)

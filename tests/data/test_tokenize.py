@@ -97,6 +97,8 @@ def test_round_trip_decodes_to_the_stripped_text(tmp_path, tok):
         assert ids == expected_ids(tok, stripped)
         assert text == (stripped if stripped.endswith("<|endoftext|>") else stripped + "<|endoftext|>")
     assert sum(len(read_tokens(f)) for f in files) == report.tokens
+    m = read_manifest(tmp_path / "out")  # what training checks against the model
+    assert (m["dtype"], m["eos_token_id"], m["tokenizer"]["vocab_size"]) == ("uint32", EOS, tok.vocab_size)
 
 
 def test_formats_give_identical_tokens(tmp_path, tok):

@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from olmo2.cli import main
+from olmo2.data.token_files import count_tokens, write_json_atomic
 from olmo2.model.checkpoint import load_model, read_state_dict
-from olmo2.train.config import load_train_config
+from olmo2.train.config import TrainConfig, load_train_config
 from olmo2.train.trainer import TrainingHalted, train
 
 
@@ -170,6 +173,76 @@ def test_bad_config_fails_before_work(make_train_config, capsys, tmp_path):
     assert "/nope.yaml" in capsys.readouterr().err
     assert main(["train", str(path), "runtime.cpu_malloc_mmap_threshold_mib=64"]) == 2
     assert "runtime.cpu_malloc_mmap_threshold_mib must be in [0, 32]" in capsys.readouterr().err
+
+
+def _tokenized_config(make_train_config, tmp_path, directory: str = "", **changed) -> TrainConfig:
+    """Two sources (``train``, ``code``) and held-out ``val``, each with the manifest ``olmo2 tokenize``
+    writes for the config's model; ``directory``'s manifest gets the ``changed`` keys."""
+    cfg = load_train_config(make_train_config(), ["trainer.max_steps=3"])
+    data = tmp_path / "data"
+    shutil.copytree(data / "train", data / "code")
+    sources = [{"name": name, "paths": [str(data / name / "*.npy")]} for name in ("train", "code")]
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump({"name": "two", "sources": sources}))
+    for name in ("train", "code", "val"):
+        keys = {
+            "eos_token_id": cfg.model.eos_token_id,
+            "sha256": "a" * 64,
+            "vocab_size": cfg.model.vocab_size,
+        }
+        keys |= changed if name == directory else {}
+        files = [{"name": p.name, "tokens": count_tokens(p)} for p in sorted((data / name).glob("*.npy"))]
+        manifest = {
+            "format": "olmo2.token-files",
+            "eos_token_id": keys["eos_token_id"],
+            "tokenizer": {"sha256": keys["sha256"], "vocab_size": keys["vocab_size"]},
+            "files": files,
+        }
+        write_json_atomic(data / name / "manifest.json", manifest)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("directory", "changed", "message"),
+    [
+        (
+            "train",
+            {"eos_token_id": 0},
+            r"train/manifest\.json: eos_token_id is 0 but the model's eos_token_id is 382",
+        ),
+        ("train", {"vocab_size": 1000}, r"train/manifest\.json: tokenizer\.vocab_size is 1000 but .* is 384"),
+        (
+            "code",
+            {"sha256": "b" * 64},
+            r"code/manifest\.json: tokenizer\.sha256 is b{64} but \S*train/manifest",
+        ),
+        (
+            "val",
+            {"sha256": "b" * 64},
+            r"val/manifest\.json: tokenizer\.sha256 is b{64} but \S*train/manifest",
+        ),
+    ],
+)
+def test_a_manifest_for_another_model_fails_before_step_1(
+    make_train_config, tmp_path, directory, changed, message
+):
+    cfg = _tokenized_config(make_train_config, tmp_path, directory, **changed)
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_matching_manifests_and_raw_token_files_train(make_train_config, tmp_path, capsys):
+    raw = load_train_config(
+        make_train_config(), ["trainer.max_steps=3", f"trainer.save_folder={tmp_path}/raw"]
+    )
+    assert train(raw)["step"] == 3
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("token files:")]
+    assert notes == [
+        "token files: no manifest in their 2 directories (raw Dolma/OLMo files?), so their "
+        "tokenizer is not checked against the model"
+    ]
+    assert train(_tokenized_config(make_train_config, tmp_path))["step"] == 3
+    assert "token files: the manifests of 3 of 3 directories match the model" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mib", [0, 8])

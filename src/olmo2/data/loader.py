@@ -28,6 +28,7 @@ import torch
 
 from olmo2.config import ConfigError
 from olmo2.data.mix import Mix, find_files
+from olmo2.data.token_files import DTYPE, read_tokens
 
 STATE_VERSION = 1
 # Bump ORDER_VERSION when the mix sampling or the shuffle changes: old states and cached orders then refuse.
@@ -41,7 +42,7 @@ def batch_hash(batch) -> str:
         batch = batch.input_ids
     if isinstance(batch, torch.Tensor):
         batch = batch.detach().cpu().numpy()
-    return hashlib.sha256(np.ascontiguousarray(batch, dtype="<u4").tobytes()).hexdigest()[:12]
+    return hashlib.sha256(np.ascontiguousarray(batch, dtype=DTYPE).tobytes()).hexdigest()[:12]
 
 
 def gather_global(rank_parts: list[torch.Tensor]) -> torch.Tensor:
@@ -83,7 +84,7 @@ class InstanceReader:
         m = self._maps.get(i)
         if m is None:
             # a plain ndarray view of the map (it keeps the mmap alive): slicing np.memmap costs 3x more
-            m = self._maps[i] = np.memmap(self.files[i], dtype="<u4", mode="r").view(np.ndarray)
+            m = self._maps[i] = read_tokens(self.files[i]).view(np.ndarray)
         return m
 
     def read(self, ids) -> np.ndarray:

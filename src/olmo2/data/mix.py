@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from olmo2.config import ConfigError, load_config
+from olmo2.data.token_files import TokenFileError, count_tokens
 
 _SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-TOKEN_BYTES = 4  # raw little-endian uint32, no header (spec §4.4)
 
 
 def parse_tokens(value: float | str | None, key: str) -> float | None:
@@ -161,10 +161,11 @@ def find_files(patterns: list[str], variables: dict[str, str] | None = None, whe
             if real in seen:
                 continue
             seen.add(real)
-            size = os.path.getsize(m)
-            if size % TOKEN_BYTES:
-                raise ConfigError(f"{where}{m}: {size} bytes is not a whole number of uint32 tokens")
-            out.append((Path(m), os.path.relpath(m, root), size // TOKEN_BYTES))
+            try:
+                n_tokens = count_tokens(m)
+            except TokenFileError as e:
+                raise ConfigError(f"{where}{e}") from None
+            out.append((Path(m), os.path.relpath(m, root), n_tokens))
     return out
 
 

@@ -8,6 +8,9 @@ metadata format: token range, end exclusive; source document id, file and line);
 Readers need none of the sidecars: any raw uint32 file works, under any name, including files written
 by the Dolma toolkit. Writers make a file visible only once it is complete (temporary name in the same
 directory, fsync, rename), so a reader or a re-run never sees half a file.
+
+This module is the one place that knows the layout (``DTYPE``, ``count_tokens``, ``read_tokens``);
+mixes, the loader and the tokenizer go through it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ __all__ = [
     "TokenFileError",
     "TokenDirWriter",
     "TokenFileWriter",
+    "check_manifests",
+    "count_tokens",
     "document_spans",
     "list_token_files",
     "manifest_name",
@@ -55,13 +60,18 @@ class TokenFileError(ValueError):
     """A token file, manifest or output directory that cannot be used as it is."""
 
 
+def count_tokens(path: str | os.PathLike) -> int:
+    """The tokens in a token file, from its size alone (no header to read), refusing a partial token."""
+    size = os.path.getsize(path)
+    if size % DTYPE.itemsize:
+        raise TokenFileError(f"{path}: {size} bytes is not a whole number of uint32 tokens")
+    return size // DTYPE.itemsize
+
+
 def read_tokens(path: str | os.PathLike) -> np.ndarray:
     """The tokens of a raw uint32 token file, memory-mapped read-only (an empty file gives an empty array)."""
     path = Path(path)
-    size = path.stat().st_size
-    if size % DTYPE.itemsize:
-        raise TokenFileError(f"{path}: {size} bytes is not a whole number of uint32 tokens")
-    if size == 0:
+    if count_tokens(path) == 0:
         return np.zeros(0, DTYPE)
     with open(path, "rb") as f:
         if (
@@ -123,7 +133,7 @@ class TokenFile:
         return self._tokens
 
     def __len__(self) -> int:
-        return self.path.stat().st_size // DTYPE.itemsize
+        return count_tokens(self.path)
 
     def spans(self) -> list[DocumentSpan]:
         return document_spans(self.path, self.eos_token_id)
@@ -145,6 +155,17 @@ def _manifest_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("manifest*.json") if p.is_file())
 
 
+def _load_manifest(path: Path) -> dict:
+    """One manifest file, refused unless olmo2 wrote it (any other ``manifest*.json`` is not ours)."""
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TokenFileError(f"{path}: unreadable manifest: {e}") from e
+    if m.get("format") != MANIFEST_FORMAT:
+        raise TokenFileError(f"{path}: not an olmo2 token-file manifest (format {m.get('format')!r})")
+    return m
+
+
 def read_manifest(directory: str | os.PathLike) -> dict | None:
     """The manifest of a token directory, shards merged; None when it has none (e.g. Dolma output).
 
@@ -154,15 +175,7 @@ def read_manifest(directory: str | os.PathLike) -> dict | None:
     paths = _manifest_files(Path(directory))
     if not paths:
         return None
-    manifests = []
-    for p in paths:
-        try:
-            m = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise TokenFileError(f"{p}: unreadable manifest: {e}") from e
-        if m.get("format") != MANIFEST_FORMAT:
-            raise TokenFileError(f"{p}: not an olmo2 token-file manifest (format {m.get('format')!r})")
-        manifests.append(m)
+    manifests = [_load_manifest(p) for p in paths]
     if len(manifests) == 1:
         return manifests[0]
     counts = {tuple(m["shard"])[1] for m in manifests}
@@ -194,6 +207,56 @@ def read_manifest(directory: str | os.PathLike) -> dict | None:
     return merged
 
 
+def check_manifests(paths: Iterable[str | os.PathLike], *, eos_token_id: int | None, vocab_size: int) -> str:
+    """Refuse token files whose manifests say they were tokenized for another model, before training.
+
+    Every manifest in the directories of ``paths`` must give the model's ``eos_token_id`` (None: not
+    checked) and a ``tokenizer.vocab_size`` of at most ``vocab_size`` (older manifests lack it), and
+    all must name one tokenizer. Files without a manifest (Dolma/OLMo-core output) are taken as they
+    are. Returns one line for the run's log.
+    """
+    directories = list(dict.fromkeys(Path(p).parent for p in paths))
+    first: tuple[Path, str] | None = None  # the first manifest's path and tokenizer hash
+    with_manifest = 0
+    for directory in directories:
+        manifests = _manifest_files(directory)
+        with_manifest += bool(manifests)
+        for p in manifests:
+            m = _load_manifest(p)
+            eos, tokenizer = m.get("eos_token_id"), m.get("tokenizer", {})
+            if eos_token_id is not None and eos is not None and eos != eos_token_id:
+                raise TokenFileError(
+                    f"{p}: eos_token_id is {eos} but the model's eos_token_id is {eos_token_id}, so the "
+                    "model would not see where documents end; tokenize with the model's tokenizer, or set "
+                    f"the model's eos_token_id to {eos} if the model is meant for this tokenizer"
+                )
+            vocab = tokenizer.get("vocab_size")
+            if vocab is not None and vocab > vocab_size:
+                raise TokenFileError(
+                    f"{p}: tokenizer.vocab_size is {vocab} but the model's vocab_size is {vocab_size}, so "
+                    f"ids up to {vocab - 1} may fall outside the model's vocabulary; tokenize with the "
+                    f"model's tokenizer, or give the model a vocab_size of at least {vocab}"
+                )
+            sha = tokenizer.get("sha256")
+            if first is None:
+                first = (p, sha)
+            elif sha != first[1]:
+                raise TokenFileError(
+                    f"{p}: tokenizer.sha256 is {sha} but {first[0]} has {first[1]}: ids of different "
+                    "tokenizers need not mean the same text, so they cannot be trained on together; "
+                    "tokenize every source with the model's tokenizer (olmo2 tokenize --tokenizer PATH)"
+                )
+    if first is None:
+        return (
+            f"token files: no manifest in their {len(directories)} directories (raw Dolma/OLMo files?), "
+            "so their tokenizer is not checked against the model"
+        )
+    return (
+        f"token files: the manifests of {with_manifest} of {len(directories)} directories match the model "
+        f"(tokenizer sha256 {str(first[1])[:12]})"
+    )
+
+
 def list_token_files(paths_or_globs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
     """Token files from files, globs and directories, in order, each checked to be whole uint32 arrays.
 
@@ -220,9 +283,7 @@ def list_token_files(paths_or_globs: Sequence[str | os.PathLike] | str | os.Path
         for m in matches:
             if not os.path.isfile(m):
                 raise FileNotFoundError(f"token file {m} does not exist")
-            size = os.path.getsize(m)
-            if size % DTYPE.itemsize:
-                raise TokenFileError(f"{m}: {size} bytes is not a whole number of uint32 tokens")
+            count_tokens(m)  # refuses a partial token now rather than at training time
             real = os.path.realpath(m)
             if real not in seen:
                 seen.add(real)
@@ -381,20 +442,20 @@ def open_checkpoint(out_dir: Path, shard: tuple[int, int], fingerprint: dict) ->
 class TokenDirWriter:
     """Rolls documents into ``part-SSSSS-NNNNN.npy`` files of at most ``max_tokens``, cut between documents.
 
-    The manifest ``m`` doubles as the checkpoint: after each finished file it is rewritten with the
+    The ``manifest`` doubles as the checkpoint: after each finished file it is rewritten with the
     position (``unit``, ``document``) of the first document not yet in a finished file, so a killed job
     resumes there; ``finish()`` marks it complete.
     """
 
     def __init__(self, out_dir: Path, shard: tuple[int, int], manifest: dict, max_tokens: int) -> None:
-        self.out_dir, self.shard, self.m, self.max_tokens = Path(out_dir), shard, manifest, max_tokens
+        self.out_dir, self.shard, self.manifest, self.max_tokens = Path(out_dir), shard, manifest, max_tokens
         self.writer: TokenFileWriter | None = None
 
     def save(self, resume: dict | None) -> None:
         """Write the manifest; ``resume=None`` marks the job complete."""
-        self.m["resume"], self.m["complete"] = resume, resume is None
-        self.m["totals"] = manifest_totals(self.m)
-        write_json_atomic(self.out_dir / manifest_name(*self.shard), self.m)
+        self.manifest["resume"], self.manifest["complete"] = resume, resume is None
+        self.manifest["totals"] = manifest_totals(self.manifest)
+        write_json_atomic(self.out_dir / manifest_name(*self.shard), self.manifest)
 
     def add(self, tokens, lens, ids, src: str, locs, first: int, unit: int) -> None:
         """Append documents ``first..`` of a unit (``tokens`` concatenated, ``lens`` per document)."""
@@ -402,7 +463,7 @@ class TokenDirWriter:
         j, n = first, len(lens)
         while j < n:
             if self.writer is None:
-                name = f"part-{self.shard[0]:05d}-{len(self.m['files']):05d}.npy"
+                name = f"part-{self.shard[0]:05d}-{len(self.manifest['files']):05d}.npy"
                 self.writer = TokenFileWriter(self.out_dir / name)
             room = self.max_tokens - self.writer.tokens
             k = int(np.searchsorted(offsets[j + 1 :] - offsets[j], room, side="right"))
@@ -415,13 +476,13 @@ class TokenDirWriter:
                 )
                 j += k
             if j < n:  # the next document does not fit
-                self.m["files"].append(self.writer.commit())
+                self.manifest["files"].append(self.writer.commit())
                 self.writer = None
                 self.save({"unit": unit, "document": j})
 
     def finish(self) -> None:
         if self.writer is not None:
-            self.m["files"].append(self.writer.commit())
+            self.manifest["files"].append(self.writer.commit())
             self.writer = None
         self.save(None)
 

@@ -469,10 +469,14 @@ def tokenize_documents(
             manifest = {
                 "format": MANIFEST_FORMAT,
                 "version": MANIFEST_VERSION,
-                "dtype": "uint32",
+                "dtype": DTYPE.name,
                 "bos_token_id": None,
                 **settings,
-                "tokenizer": {"sha256": tok_sha, "source": tok_source},
+                "tokenizer": {
+                    "sha256": tok_sha,
+                    "source": tok_source,
+                    "vocab_size": hf.get_vocab_size(with_added_tokens=True),
+                },
                 "backend": encoder.backend,
                 "shard": list(shard),
                 "fingerprint": fingerprint,
@@ -513,7 +517,7 @@ def _input_entry(path: str, size: int) -> dict:
 
 def _run(job: TokenDirWriter, paths, chunk_bytes, workers, encoder, strict: bool, progress: bool) -> None:
     """Tokenize the units from the checkpoint's resume point on, then mark the manifest complete."""
-    out, (i, n), m = job.out_dir, job.shard, job.m
+    out, (i, n), m = job.out_dir, job.shard, job.manifest
     units = [(c, k) for k, p in enumerate(paths) for c in plan_chunks(p, chunk_bytes)]  # in input order
     start, first_doc = m["resume"]["unit"], m["resume"]["document"]
     job.save(m["resume"])  # before any part file exists, so foreign part files are detectable

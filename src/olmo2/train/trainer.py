@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from olmo2.data.loader import StepBatch, TrainLoader, ValidationLoader
-from olmo2.data.mix import load_mix_config, resolve_mix
+from olmo2.data.mix import Mix, find_files, load_mix_config, resolve_mix
+from olmo2.data.token_files import check_manifests
 from olmo2.model.checkpoint import check_state_dict, read_config, read_state_dict, resolve_model_dir
 from olmo2.model.loss import IGNORE_INDEX, shift_labels
 from olmo2.model.transformer import build_model
@@ -45,7 +46,7 @@ from olmo2.train.engine import (
     apply_update,
     global_count,
 )
-from olmo2.train.monitor import flops_per_token
+from olmo2.train.monitor import flops_per_token, log
 from olmo2.train.runtime import autocast, build_parallel_model, choose_precision, sync_gradients
 from olmo2.train.schedule import lr_factor
 from olmo2.train.tracking import open_sinks
@@ -177,6 +178,16 @@ def _check_same_model(checkpoint: Path, cfg: TrainConfig) -> None:
     )
 
 
+def _check_manifests(cfg: TrainConfig, mix: Mix, env: DistEnv) -> None:
+    """Data tokenized for another model fails here, before any step, instead of training on wrong ids."""
+    held_out = [path for path, _, _ in find_files(cfg.data.validation, cfg.data.variables, "validation: ")]
+    note = check_manifests(
+        [*mix.files, *held_out], eos_token_id=cfg.model.eos_token_id, vocab_size=cfg.model.vocab_size
+    )
+    if env.is_main:
+        log(note)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) pretraining or an anneal as configured; returns a summary of the run."""
     env = init_distributed(cfg.runtime.device)
@@ -188,6 +199,7 @@ def train(cfg: TrainConfig) -> dict:
         save_train_config(cfg, save_folder / "config.yaml")
     try:
         mix = resolve_mix(load_mix_config(cfg.data.mix), cfg.data.seq_len, cfg.data.variables)
+        _check_manifests(cfg, mix, env)
         loader = TrainLoader(
             mix,
             global_batch_size=cfg.data.global_batch_size,
