@@ -37,6 +37,7 @@ from olmo2.data.token_files import (
     open_checkpoint,
     read_tokens,
 )
+from olmo2.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
     "DEFAULT_MAX_TOKENS_PER_FILE",
@@ -425,8 +426,6 @@ def _merge_unit_stats(
 
 def _tokenizer_source(tokenizer):
     """(JSON text, EOS id, where from, tokenizers object) for a Tokenizer, a path, or None (dolma2)."""
-    from olmo2.tokenizer import Tokenizer, load_tokenizer
-
     if not isinstance(tokenizer, Tokenizer):
         tokenizer = load_tokenizer(tokenizer)
     if tokenizer.path is not None and tokenizer.path.is_file():
