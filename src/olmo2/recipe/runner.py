@@ -24,12 +24,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from olmo2.config import ConfigError, load_config
+from olmo2.data.loader import ValidationLoader
+from olmo2.model.checkpoint import load_model
 from olmo2.posttrain.common import stage_functions
+from olmo2.tokenizer import load_tokenizer
 from olmo2.train.checkpoint import latest_checkpoint, read_train_state
 from olmo2.train.config import load_train_config
 from olmo2.train.monitor import log
-from olmo2.train.trainer import train
+from olmo2.train.trainer import heldout_sums, train
 
 
 @dataclass
@@ -374,31 +379,15 @@ class Recipe:
 
 def heldout_bpb(checkpoint: str, cfg: RecipeEvalConfig, variables: dict[str, str]) -> dict[str, dict]:
     """Held-out CE per token and bits per UTF-8 byte on each named set of validation token files."""
-    import torch
-
-    from olmo2.data.loader import ValidationLoader
-    from olmo2.model.checkpoint import load_model
-    from olmo2.model.loss import IGNORE_INDEX, shift_labels
-    from olmo2.tokenizer import load_tokenizer
-
-    model = load_model(checkpoint)
-    tokenizer = load_tokenizer()
-    byte_len = _token_byte_lengths(tokenizer, model.config.embedding_size)
+    model = load_model(checkpoint)  # on the CPU, in the checkpoint's dtype (float32 below: no autocast)
+    byte_lengths = _token_byte_lengths(load_tokenizer(), model.config.embedding_size)
     results = {}
     for name, paths in cfg.heldout.items():
         loader = ValidationLoader(
             paths, cfg.seq_len, cfg.batch_size, max_instances=cfg.heldout_max_instances, variables=variables
         )
-        nats = tokens = n_bytes = 0.0
-        with torch.no_grad():
-            for batch in loader:
-                ids = batch["input_ids"]
-                labels = shift_labels(ids)
-                out = model(ids, labels=labels, z_loss_multiplier=0.0, loss_normalizer=1.0)
-                valid = labels != IGNORE_INDEX
-                nats += out.ce_loss.item()
-                tokens += valid.sum().item()
-                n_bytes += byte_len[labels[valid]].sum().item()
+        sums = heldout_sums(model, loader, torch.device("cpu"), torch.float32, byte_lengths)
+        nats, tokens, n_bytes = sums.tolist()
         results[name] = {
             "ce_per_token": nats / tokens,
             "bits_per_byte": nats / math.log(2) / n_bytes,
@@ -411,8 +400,6 @@ def heldout_bpb(checkpoint: str, cfg: RecipeEvalConfig, variables: dict[str, str
 def _token_byte_lengths(tokenizer, size: int):
     """UTF-8 bytes each token id stands for. dolma2 is byte-level BPE: one vocabulary character per
     byte; special tokens (EOS) stand for no text and count 0 bytes."""
-    import torch
-
     lengths = torch.zeros(size, dtype=torch.float64)
     special = {i for i, t in tokenizer.backend.get_added_tokens_decoder().items() if t.special}
     added = tokenizer.backend.get_added_tokens_decoder()
