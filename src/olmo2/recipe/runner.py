@@ -18,6 +18,7 @@ import functools
 import json
 import math
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -29,8 +30,13 @@ import torch
 
 from olmo2.config import ConfigError, load_config
 from olmo2.data.loader import ValidationLoader
+from olmo2.demo.corpus import build_demo_corpus
+from olmo2.demo.posttrain_data import write_demo_data
+from olmo2.eval.runner import run_eval
 from olmo2.model.checkpoint import load_model
 from olmo2.posttrain.common import stage_functions
+from olmo2.recipe.report import write_report
+from olmo2.recipe.soup import soup_checkpoints
 from olmo2.tokenizer import load_tokenizer
 from olmo2.train.checkpoint import latest_checkpoint, read_train_state
 from olmo2.train.config import load_train_config
@@ -261,8 +267,6 @@ class Recipe:
     def prepare(self) -> None:
         self.check_posttrain()
         if self.cfg.demo_corpus:
-            from olmo2.demo.corpus import build_demo_corpus
-
             self.variables.setdefault("OLMO2_DEMO_DATA", str(build_demo_corpus()))
 
     def stage1(self) -> dict:
@@ -312,13 +316,10 @@ class Recipe:
     def soup(self, anneals: list[dict]) -> dict | None:
         if not self.cfg.soup or len(anneals) < 2:
             return None
-        from olmo2.recipe.soup import soup_checkpoints
 
         def run() -> dict:
             out = self.out / "soup"
             if out.exists():  # a partial soup from a killed run: the writer is atomic, but be safe
-                import shutil
-
                 shutil.rmtree(out)
             soup_checkpoints([anneal["checkpoint"] for anneal in anneals], out, self.cfg.soup_weights)
             return {"checkpoint": str(out)}
@@ -331,8 +332,6 @@ class Recipe:
             if self.cfg.eval.heldout:
                 results["heldout"] = heldout_bpb(checkpoint, self.cfg.eval, self.variables)
             if self.cfg.eval.tasks:
-                from olmo2.eval.runner import run_eval
-
                 out = self.out / "eval" / f"{name}.json"
                 tasks = run_eval(
                     checkpoint, self.cfg.eval.tasks, limit=self.cfg.eval.limit, out=out, quiet=True
@@ -347,7 +346,6 @@ class Recipe:
         if posttrain is None or not posttrain.stages():
             return {}
         if posttrain.demo_data:
-            from olmo2.demo.posttrain_data import write_demo_data
 
             def write() -> dict:
                 files = write_demo_data(self.out / "posttrain" / "data")
@@ -364,8 +362,6 @@ class Recipe:
         return results
 
     def run(self) -> dict:
-        from olmo2.recipe.report import write_report
-
         self.out.mkdir(parents=True, exist_ok=True)
         self.prepare()
         stage1 = self.stage1()
