@@ -51,7 +51,13 @@ def stages(tmp_path_factory) -> dict[str, dict]:
         for d in range(8)
     ]
     common = {"model": str(model), "seed": 3, "runtime": {"precision": "fp32", "device": "cpu"}}
-    offline = {"batch_size": 8, "micro_batch_size": 2, "run": {"epochs": 2}, "max_seq_len": 64, "optim": {"lr": 1e-3}}
+    offline = {
+        "batch_size": 8,
+        "micro_batch_size": 2,
+        "run": {"epochs": 2},
+        "max_seq_len": 64,
+        "optim": {"lr": 1e-3},
+    }
     return {
         "sft": {**common, **offline, "data": _jsonl(root / "sft.jsonl", chats)},
         "dpo": {**common, **offline, "data": _jsonl(root / "dpo.jsonl", pairs)},
@@ -100,7 +106,9 @@ def _rows(run: Path) -> list[dict]:
 def test_two_fsdp_ranks_give_the_one_rank_steps(stages, tmp_path, stage, torchrun):
     config = _config(tmp_path, stage, stages[stage])
     _run_here(stage, config, f"run.folder={tmp_path / 'one'}")
-    _run(_cli(stage, config, f"run.folder={tmp_path / 'two'}", "parallel.strategy=fsdp", launcher=torchrun(2)))
+    _run(
+        _cli(stage, config, f"run.folder={tmp_path / 'two'}", "parallel.strategy=fsdp", launcher=torchrun(2))
+    )
     one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert len(one) == len(two) >= 4
     for a, b in zip(one, two, strict=True):
@@ -155,7 +163,9 @@ def test_sigkill_then_rerun_reproduces_the_uninterrupted_run(stages, tmp_path, s
     _kill_after(proc, run, lines=5)  # the step-4 checkpoint is complete before step 5 is logged
     done = len(read_metrics(run))
     assert done < len(read_metrics(tmp_path / "whole")), "the run finished before it could be killed"
-    again = subprocess.run(_cli(stage, config, f"run.folder={run}"), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        _cli(stage, config, f"run.folder={run}"), capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr[-4000:]
     assert "resumed from" in again.stderr
     assert _rows(tmp_path / "whole") == _rows(run)

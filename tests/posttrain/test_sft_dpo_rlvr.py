@@ -111,7 +111,13 @@ def test_dpo_margin_and_accuracy_rise_reference_cached(tmp_path, base):
         for a in range(1, 9)
     ]
     data = _jsonl(tmp_path / "pairs.jsonl", rows)
-    args = [f"model={base}", f"data={data}", f"run.folder={tmp_path / 'run'}", "optim.lr=2e-3", "run.epochs=6"]
+    args = [
+        f"model={base}",
+        f"data={data}",
+        f"run.folder={tmp_path / 'run'}",
+        "optim.lr=2e-3",
+        "run.epochs=6",
+    ]
     args += ["batch_size=8", "micro_batch_size=4", "max_seq_len=64", "schedule.warmup_ratio=0.0"]
     summary = train_dpo(load_dpo_config(None, args))
     assert summary["reference_cache"] == "computed"

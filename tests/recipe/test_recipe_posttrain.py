@@ -24,7 +24,12 @@ def _recipe(tmp_path, stages=STAGES) -> Recipe:
     paths = {}
     for name, cfg in stages.items():
         # model, data and run.folder are the recipe's to set: placeholders prove they are replaced
-        full = {"model": "unused", "data": "unused.jsonl", **cfg, "run": {**cfg.get("run", {}), "folder": "unused"}}
+        full = {
+            "model": "unused",
+            "data": "unused.jsonl",
+            **cfg,
+            "run": {**cfg.get("run", {}), "folder": "unused"},
+        }
         paths[name] = tmp_path / f"{name}.yaml"
         paths[name].write_text(yaml.safe_dump(full))
     cfg = RecipeConfig(

@@ -156,8 +156,7 @@ def test_bad_config_fails_before_work(make_train_config, capsys, tmp_path):
     path = make_train_config()
     assert main(["train", str(path), "schedule.warmup_steps=8"]) == 2
     assert (
-        "schedule.warmup_steps (8) is not shorter than the run (run.max_steps 8)"
-        in capsys.readouterr().err
+        "schedule.warmup_steps (8) is not shorter than the run (run.max_steps 8)" in capsys.readouterr().err
     )
     assert main(["train", str(path), "data.micro_batch_size=3"]) == 2
     assert "not divisible by data.micro_batch_size (3)" in capsys.readouterr().err

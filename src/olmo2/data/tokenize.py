@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from olmo2.data.token_files import (
     open_checkpoint,
     read_tokens,
 )
+from olmo2.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
     "DEFAULT_MAX_TOKENS_PER_FILE",
@@ -60,12 +61,12 @@ class TokenizeError(ValueError):
 def parse_shard(text: str) -> tuple[int, int]:
     """``"I/N"`` -> ``(I, N)`` with 0 <= I < N."""
     try:
-        i, n = (int(x) for x in text.split("/"))
+        index, count = (int(part) for part in text.split("/"))
     except ValueError:
         raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
-    if not 0 <= i < n:
+    if not 0 <= index < count:
         raise ValueError(f"--shard {text}: need 0 <= I < N")
-    return i, n
+    return index, count
 
 
 @dataclass
@@ -87,25 +88,27 @@ class TokenizeReport:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        mb = self.input_bytes / 1e6
+        megabytes = self.input_bytes / 1e6
         worked = self.seconds > 0 and self.files_reused < len(self.files)
-        rate = f", {mb / self.seconds:.1f} MB/s" if worked else ""
+        rate = f", {megabytes / self.seconds:.1f} MB/s" if worked else ""
         lines = [
-            f"read {_n(self.input_files, 'input file')} ({mb:,.1f} MB) with {self.backend}{rate}: "
+            f"read {_plural(self.input_files, 'input file')} ({megabytes:,.1f} MB) with {self.backend}{rate}: "
             f"{self.documents_read:,} documents read, {self.documents_written:,} written, "
             f"{self.documents_skipped:,} skipped",
-            f"wrote {_n(len(self.files), 'token file')}, {self.tokens:,} tokens, to {self.out_dir} "
+            f"wrote {_plural(len(self.files), 'token file')}, {self.tokens:,} tokens, to {self.out_dir} "
             f"({self.manifest.name})"
             + (f"; {self.files_reused} were already done" if self.files_reused else ""),
         ]
         if self.skipped:
-            lines.append("skipped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.skipped.items())))
-            lines += [f"  {e}" for e in self.examples]
-        lines += [f"file error: {e}" for e in self.file_errors]
+            skips = sorted(self.skipped.items())
+            lines.append("skipped: " + ", ".join(f"{reason} {count:,}" for reason, count in skips))
+            lines += [f"  {example}" for example in self.examples]
+        lines += [f"file error: {error}" for error in self.file_errors]
         return "\n".join(lines)
 
 
-def _n(count: int, noun: str) -> str:
+def _plural(count: int, noun: str) -> str:
+    """``3, "file"`` -> ``"3 files"``."""
     return f"{count:,} {noun}{'s' * (count != 1)}"
 
 
@@ -135,14 +138,16 @@ def _byte_decoder() -> dict[str, int]:
         *range(ord("\u00a1"), ord("\u00ac") + 1),
         *range(ord("\u00ae"), 256),
     ]
-    extra = [b for b in range(256) if b not in keep]
-    return {chr(b): b for b in keep} | {chr(256 + i): b for i, b in enumerate(extra)}
+    shifted = [byte for byte in range(256) if byte not in keep]
+    return {chr(byte): byte for byte in keep} | {
+        chr(256 + offset): byte for offset, byte in enumerate(shifted)
+    }
 
 
 def tiktoken_encoding(spec: dict):
     """``(tiktoken.Encoding, None)`` equivalent to a parsed tokenizer.json, or ``(None, why not)``."""
-    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    model, pre_tokenizer = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    steps = pre_tokenizer.get("pretokenizers", []) if pre_tokenizer.get("type") == "Sequence" else []
     split = steps[0] if steps else {}
     ok = (
         model.get("type") == "BPE"
@@ -160,7 +165,8 @@ def tiktoken_encoding(spec: dict):
         and not steps[1].get("add_prefix_space")
         and not steps[1].get("use_regex")
         and not any(
-            a["lstrip"] or a["rstrip"] or a["single_word"] or a["normalized"] for a in spec["added_tokens"]
+            added["lstrip"] or added["rstrip"] or added["single_word"] or added["normalized"]
+            for added in spec["added_tokens"]
         )
     )
     if not ok:
@@ -169,17 +175,21 @@ def tiktoken_encoding(spec: dict):
         import tiktoken
     except ImportError:
         return None, "tiktoken is not installed"
-    special = {a["content"]: a["id"] for a in spec["added_tokens"]}
-    dec = _byte_decoder()
+    special = {added["content"]: added["id"] for added in spec["added_tokens"]}
+    byte_of = _byte_decoder()
     try:
-        ranks = {bytes(dec[ch] for ch in tok): i for tok, i in model["vocab"].items() if tok not in special}
+        ranks = {
+            bytes(byte_of[char] for char in token): rank
+            for token, rank in model["vocab"].items()
+            if token not in special
+        }
     except KeyError:
         return None, "vocabulary has tokens outside the byte-level alphabet"
     # tiktoken applies the merge whose result has the lowest id, tokenizers the earliest merge rule: the
     # same order only if merge results have increasing ids.
     merged = [
-        model["vocab"].get(m.replace(" ", "", 1) if isinstance(m, str) else "".join(m))
-        for m in model["merges"]
+        model["vocab"].get(merge.replace(" ", "", 1) if isinstance(merge, str) else "".join(merge))
+        for merge in model["merges"]
     ]
     if None in merged or any(a >= b for a, b in zip(merged[:-1], merged[1:], strict=True)):
         return None, "merge order differs from the vocabulary order"
@@ -208,16 +218,16 @@ class DocumentEncoder:
             raise ValueError(f"backend must be auto, tiktoken or tokenizers, got {backend!r}")
         self.tokenizer_json, self.eos_token_id, self._hf = tokenizer_json, eos_token_id, hf
         self._eos = np.array([eos_token_id], DTYPE)
-        self.backend, self.fallback_reason, self._tt = "tokenizers", None, None
+        self.backend, self.fallback_reason, self._tiktoken = "tokenizers", None, None
         if backend == "tokenizers":
             return
-        self._tt, why = _tiktoken_for(tokenizer_json)
-        if self._tt is not None and check:
+        self._tiktoken, why = _tiktoken_for(tokenizer_json)
+        if self._tiktoken is not None and check:
             why = self.check()
         if why is None:
-            self.backend, self._special = "tiktoken", self._tt.special_tokens_set
+            self.backend, self._special = "tiktoken", self._tiktoken.special_tokens_set
             return
-        self._tt = None
+        self._tiktoken = None
         if backend == "tiktoken":
             raise ValueError(f"tiktoken backend unavailable: {why}")
         self.fallback_reason = why
@@ -238,33 +248,44 @@ class DocumentEncoder:
 
     def check(self, texts: Sequence[str] = CHECK_TEXTS) -> str | None:
         """None when tiktoken gives tokenizers' ids on ``texts`` and the special tokens, else a difference."""
-        special = self._tt.special_tokens_set
+        special = self._tiktoken.special_tokens_set
         ordered = sorted(special)
         for text in [*texts, "".join(ordered), "x " + " y\n".join(ordered) + "z"]:
             want = self.hf.encode(text, add_special_tokens=False).ids
-            if self._tt.encode_to_numpy(text, allowed_special=special).tolist() != want:
+            if self._tiktoken.encode_to_numpy(text, allowed_special=special).tolist() != want:
                 return f"tiktoken and tokenizers differ on {text[:60]!r}"
         return None
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Ids of each text, no special tokens added (special-token strings in the text are recognised)."""
-        if self._tt is not None:
-            return [self._tt.encode_to_numpy(t, allowed_special=self._special) for t in texts]
-        return [np.array(e.ids, DTYPE) for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
+        if self._tiktoken is not None:
+            return [self._tiktoken.encode_to_numpy(text, allowed_special=self._special) for text in texts]
+        encodings = self.hf.encode_batch(list(texts), add_special_tokens=False)
+        return [np.array(encoding.ids, DTYPE) for encoding in encodings]
 
     def encode_documents(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """All documents concatenated, each followed by EOS unless it already ends in one; and their lengths."""
         parts, lens = [], np.empty(len(texts), np.int64)
-        for k, ids in enumerate(self.encode(texts)):
+        for index, ids in enumerate(self.encode(texts)):
             parts.append(ids)
             if len(ids) == 0 or ids[-1] != self.eos_token_id:
                 parts.append(self._eos)
-            lens[k] = len(ids) + (parts[-1] is self._eos)
+            lens[index] = len(ids) + (parts[-1] is self._eos)
         return (np.concatenate(parts) if parts else np.zeros(0, DTYPE)), lens
 
 
 # -- worker side --------------------------------------------------------------------------------------
-_W: dict = {}
+@dataclass
+class _WorkerState:
+    """What every unit tokenized in a process shares: set once per worker process, or in the parent."""
+
+    encoder: DocumentEncoder
+    strict: bool
+    spool_dir: str
+    report_progress: Callable[[int, int], None]  # (bytes read, documents encoded) since the last report
+
+
+_worker: _WorkerState | None = None
 
 
 @dataclass
@@ -281,46 +302,44 @@ class _UnitResult:
     error: tuple[str, int, str] | None = None  # FileError, or the first bad record under strict
 
 
-def _init_worker(encoder: DocumentEncoder, strict: bool, spool: str, queue, one_thread: bool) -> None:
+def _init_worker(encoder: DocumentEncoder, strict: bool, spool_dir: str, queue, one_thread: bool) -> None:
+    global _worker
     if one_thread:  # processes are the parallelism; a fallback to tokenizers must not oversubscribe
         os.environ.setdefault("RAYON_NUM_THREADS", "1")
-    _W.update(encoder=encoder, strict=strict, spool=spool, queue=queue)
+    _worker = _WorkerState(encoder, strict, spool_dir, lambda nbytes, docs: queue.put((nbytes, docs)))
 
 
 def _tokenize_unit(task: tuple[int, Chunk]) -> _UnitResult:
     index, chunk = task
-    encoder: DocumentEncoder = _W["encoder"]
-    pending = [0, 0]
+    worker = _worker
+    pending = [0, 0]  # bytes and documents not reported yet
 
     def progress(nbytes: int, docs: int = 0) -> None:
         pending[0] += nbytes
         pending[1] += docs
         if pending[0] >= 4 << 20 or pending[1] >= 4096 or nbytes == 0:
-            if callable(_W["queue"]):
-                _W["queue"](*pending)
-            else:
-                _W["queue"].put(tuple(pending))
+            worker.report_progress(*pending)
             pending[0] = pending[1] = 0
 
-    spool = os.path.join(_W["spool"], f"unit-{index:07d}.u32")
-    res = _UnitResult(index, spool, np.zeros(0, np.int64), np.zeros(0, np.int64), [])
+    spool = os.path.join(worker.spool_dir, f"unit-{index:07d}.u32")
+    result = _UnitResult(index, spool, np.zeros(0, np.int64), np.zeros(0, np.int64), [])
     lens, lines, batch = [], [], []
     chars = 0
     reader = ChunkReader(chunk, progress=progress)
-    with open(spool, "wb") as out:
+    with open(spool, "wb") as spool_file:
 
         def flush() -> None:
-            tokens, n = encoder.encode_documents([d.text for d in batch])
-            out.write(memoryview(tokens).cast("B"))
-            lens.append(n)
-            lines.append(np.fromiter((d.line for d in batch), np.int64, len(batch)))
-            res.ids.extend(d.id for d in batch)
+            tokens, lengths = worker.encoder.encode_documents([doc.text for doc in batch])
+            spool_file.write(memoryview(tokens).cast("B"))
+            lens.append(lengths)
+            lines.append(np.fromiter((doc.line for doc in batch), np.int64, len(batch)))
+            result.ids.extend(doc.id for doc in batch)
             progress(0, len(batch))
             batch.clear()
 
         for item in reader:
             if isinstance(item, Document):
-                res.read += 1
+                result.read += 1
                 batch.append(item)
                 chars += len(item.text)
                 if chars >= _BATCH_CHARS or len(batch) >= _BATCH_DOCS:
@@ -328,28 +347,29 @@ def _tokenize_unit(task: tuple[int, Chunk]) -> _UnitResult:
                     chars = 0
                 continue
             if isinstance(item, Skip):
-                res.read += 1
-                res.skipped[item.reason] = res.skipped.get(item.reason, 0) + 1
-                if len(res.examples) < MAX_EXAMPLES:
-                    res.examples.append((item.reason, item.line, item.detail))
-                if not _W["strict"]:
+                result.read += 1
+                result.skipped[item.reason] = result.skipped.get(item.reason, 0) + 1
+                if len(result.examples) < MAX_EXAMPLES:
+                    result.examples.append((item.reason, item.line, item.detail))
+                if not worker.strict:
                     continue
-            res.error = (item.reason, item.line, item.detail)  # a FileError, or a Skip under strict
+            result.error = (item.reason, item.line, item.detail)  # a FileError, or a Skip under strict
             break
         if batch:
             flush()
     progress(0)
-    res.n_lines = reader.lines
+    result.n_lines = reader.lines
     if lens:
-        res.lens, res.lines = np.concatenate(lens), np.concatenate(lines)
-    return res
+        result.lens, result.lines = np.concatenate(lens), np.concatenate(lines)
+    return result
 
 
 # -- parent side --------------------------------------------------------------------------------------
-def _results(
-    tasks, workers: int, encoder: DocumentEncoder, strict: bool, spool: str, bar
+def _unit_results(
+    tasks, workers: int, encoder: DocumentEncoder, strict: bool, spool_dir: str, bar
 ) -> Iterator[_UnitResult]:
     """Unit results in unit order, from this process (1 worker) or a pool of spawned processes."""
+    global _worker
 
     def advance(nbytes: int, docs: int = 0) -> None:
         if bar is not None:
@@ -358,13 +378,13 @@ def _results(
             bar.set_postfix_str(f"{bar.docs:,} docs", refresh=False)
 
     if workers <= 1 or len(tasks) <= 1:
-        _W.update(encoder=encoder, strict=strict, spool=spool, queue=advance)
+        _worker = _WorkerState(encoder, strict, spool_dir, advance)
         yield from map(_tokenize_unit, tasks)
         return
     ctx = mp.get_context("spawn")  # forking after tokenizers started its thread pool can deadlock
     queue = ctx.Queue()
-    init = (encoder, strict, spool, queue, True)
-    with ctx.Pool(min(workers, len(tasks)), _init_worker, init) as pool:
+    initargs = (encoder, strict, spool_dir, queue, True)
+    with ctx.Pool(min(workers, len(tasks)), _init_worker, initargs) as pool:
         results = pool.imap(_tokenize_unit, tasks)
         for _ in tasks:
             while True:
@@ -378,34 +398,34 @@ def _results(
             yield result
 
 
-def _merge(m: dict, res: _UnitResult, inp: dict, path: str, strict: bool) -> None:
+def _merge_unit_stats(
+    manifest: dict, result: _UnitResult, input_entry: dict, path: str, strict: bool
+) -> None:
     """Fold a finished unit's statistics into its input's manifest entry (after its documents are written)."""
-    base = inp["lines"]
-    if res.error is not None:
-        reason, line, detail = res.error
+    base = input_entry["lines"]
+    if result.error is not None:
+        reason, line, detail = result.error
         if strict:
             raise TokenizeError(
                 f"{path}:{base + line}: {reason}: {detail}" if line else f"{path}: {reason}: {detail}"
             )
         error = f"{reason} after line {base + line}: {detail}" if line else f"{reason}: {detail}"
-        if error not in inp["errors"]:  # an unreadable file fails once per chunk
-            inp["errors"].append(error)
-    for reason, line, detail in res.examples:
-        if len(m["examples"]) < MAX_EXAMPLES:
-            m["examples"].append(f"{path}:{base + line}: {reason}: {detail}")
-    inp["chunks"] += 1
-    inp["lines"] += res.n_lines
-    inp["documents_read"] += res.read
-    inp["documents_written"] += len(res.lens)
-    inp["tokens"] += int(res.lens.sum())
-    for reason, n in res.skipped.items():
-        inp["skipped"][reason] = inp["skipped"].get(reason, 0) + n
+        if error not in input_entry["errors"]:  # an unreadable file fails once per chunk
+            input_entry["errors"].append(error)
+    for reason, line, detail in result.examples:
+        if len(manifest["examples"]) < MAX_EXAMPLES:
+            manifest["examples"].append(f"{path}:{base + line}: {reason}: {detail}")
+    input_entry["chunks"] += 1
+    input_entry["lines"] += result.n_lines
+    input_entry["documents_read"] += result.read
+    input_entry["documents_written"] += len(result.lens)
+    input_entry["tokens"] += int(result.lens.sum())
+    for reason, count in result.skipped.items():
+        input_entry["skipped"][reason] = input_entry["skipped"].get(reason, 0) + count
 
 
 def _tokenizer_source(tokenizer):
     """(JSON text, EOS id, where from, tokenizers object) for a Tokenizer, a path, or None (dolma2)."""
-    from olmo2.tokenizer import Tokenizer, load_tokenizer
-
     if not isinstance(tokenizer, Tokenizer):
         tokenizer = load_tokenizer(tokenizer)
     if tokenizer.path is not None and tokenizer.path.is_file():
@@ -435,7 +455,7 @@ def tokenize_documents(
     ``backend``: "auto" (tiktoken when it reproduces ``tokenizers`` exactly, else tokenizers),
     "tiktoken" or "tokenizers". ``tokenizer``: a Tokenizer, a tokenizer.json path, or None (dolma2).
     """
-    t0 = time.perf_counter()
+    start = time.perf_counter()
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if not 0 <= shard[0] < shard[1]:
@@ -446,25 +466,30 @@ def tokenize_documents(
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     out = Path(out_dir)
     inside = os.path.realpath(out) + os.sep  # an output directory inside an input directory is no input
-    everything = [p for p in find_inputs(inputs) if not os.path.realpath(p).startswith(inside)]
-    sizes_all = [os.path.getsize(p) if os.path.isfile(p) else 0 for p in everything]
+    everything = [path for path in find_inputs(inputs) if not os.path.realpath(path).startswith(inside)]
+    sizes_all = [os.path.getsize(path) if os.path.isfile(path) else 0 for path in everything]
     listing = json.dumps([everything, sizes_all]).encode()
     paths, sizes = everything[shard[0] :: shard[1]], sizes_all[shard[0] :: shard[1]]
-    tok_json, eos, tok_source, hf = _tokenizer_source(tokenizer)
-    tok_sha = hashlib.sha256(tok_json.encode("utf-8")).hexdigest()
-    settings = {"max_tokens_per_file": max_tokens_per_file, "chunk_bytes": chunk_bytes, "eos_token_id": eos}
+    tokenizer_json, eos_token_id, tokenizer_origin, hf_tokenizer = _tokenizer_source(tokenizer)
+    tokenizer_sha = hashlib.sha256(tokenizer_json.encode("utf-8")).hexdigest()
+    settings = {
+        "max_tokens_per_file": max_tokens_per_file,
+        "chunk_bytes": chunk_bytes,
+        "eos_token_id": eos_token_id,
+    }
     fingerprint = {
-        "inputs": [[p, s] for p, s in zip(paths, sizes, strict=True)],
+        "inputs": [[path, size] for path, size in zip(paths, sizes, strict=True)],
         # Every shard must see the same input list, or shards overlap and miss files: read_manifest checks.
         "all_inputs_sha256": hashlib.sha256(listing).hexdigest(),
-        "tokenizer": tok_sha,
+        "tokenizer": tokenizer_sha,
         **settings,
     }
     out.mkdir(parents=True, exist_ok=True)
     manifest = open_checkpoint(out, shard, fingerprint)
     reused = len(manifest["files"]) if manifest else 0
     if manifest is None or not manifest["complete"]:
-        encoder = DocumentEncoder(tok_json, eos, backend=backend, hf=hf)  # the equality self-check runs here
+        # the equality self-check runs here
+        encoder = DocumentEncoder(tokenizer_json, eos_token_id, backend=backend, hf=hf_tokenizer)
         if manifest is None:
             manifest = {
                 "format": MANIFEST_FORMAT,
@@ -473,9 +498,9 @@ def tokenize_documents(
                 "bos_token_id": None,
                 **settings,
                 "tokenizer": {
-                    "sha256": tok_sha,
-                    "source": tok_source,
-                    "vocab_size": hf.get_vocab_size(with_added_tokens=True),
+                    "sha256": tokenizer_sha,
+                    "source": tokenizer_origin,
+                    "vocab_size": hf_tokenizer.get_vocab_size(with_added_tokens=True),
                 },
                 "backend": encoder.backend,
                 "shard": list(shard),
@@ -483,12 +508,12 @@ def tokenize_documents(
                 "complete": False,
                 "resume": {"unit": 0, "document": 0},
                 "files": [],
-                "inputs": [_input_entry(p, s) for p, s in zip(paths, sizes, strict=True)],
+                "inputs": [_input_entry(path, size) for path, size in zip(paths, sizes, strict=True)],
                 "examples": [],
                 "totals": {},
             }
-        job = TokenDirWriter(out, shard, manifest, max_tokens_per_file)
-        _run(job, paths, chunk_bytes, workers, encoder, strict, progress)
+        writer = TokenDirWriter(out, shard, manifest, max_tokens_per_file)
+        _write_token_files(writer, paths, chunk_bytes, workers, encoder, strict, progress)
 
     totals = manifest["totals"]
     return TokenizeReport(
@@ -502,11 +527,13 @@ def tokenize_documents(
         documents_skipped=totals["documents_skipped"],
         skipped=totals["skipped"],
         examples=list(manifest["examples"]),
-        file_errors=[f"{i['path']}: {e}" for i in manifest["inputs"] for e in i["errors"]],
+        file_errors=[
+            f"{entry['path']}: {error}" for entry in manifest["inputs"] for error in entry["errors"]
+        ],
         files=list(manifest["files"]),
         tokens=totals["tokens"],
         files_reused=reused,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - start,
     )
 
 
@@ -515,41 +542,54 @@ def _input_entry(path: str, size: int) -> dict:
     return {"path": path, "bytes": size, **zero, "skipped": {}, "errors": []}
 
 
-def _run(job: TokenDirWriter, paths, chunk_bytes, workers, encoder, strict: bool, progress: bool) -> None:
+def _write_token_files(
+    writer: TokenDirWriter, paths, chunk_bytes, workers, encoder, strict: bool, progress: bool
+) -> None:
     """Tokenize the units from the checkpoint's resume point on, then mark the manifest complete."""
-    out, (i, n), m = job.out_dir, job.shard, job.manifest
-    units = [(c, k) for k, p in enumerate(paths) for c in plan_chunks(p, chunk_bytes)]  # in input order
-    start, first_doc = m["resume"]["unit"], m["resume"]["document"]
-    job.save(m["resume"])  # before any part file exists, so foreign part files are detectable
-    for p in out.glob(f".part-{i:05d}-*.tmp-*"):  # left behind by a killed run
-        p.unlink(missing_ok=True)
-    spool = out / f".spool-{i:05d}-of-{n:05d}"
+    out, (shard_index, shard_count), manifest = writer.out_dir, writer.shard, writer.manifest
+    units = [  # in input order
+        (chunk, input_index)
+        for input_index, path in enumerate(paths)
+        for chunk in plan_chunks(path, chunk_bytes)
+    ]
+    start, first_doc = manifest["resume"]["unit"], manifest["resume"]["document"]
+    writer.save(manifest["resume"])  # before any part file exists, so foreign part files are detectable
+    for part in out.glob(f".part-{shard_index:05d}-*.tmp-*"):  # left behind by a killed run
+        part.unlink(missing_ok=True)
+    spool = out / f".spool-{shard_index:05d}-of-{shard_count:05d}"
     shutil.rmtree(spool, ignore_errors=True)
     spool.mkdir()
     bar = None
     if progress:
         from tqdm import tqdm
 
-        done, total = sum(c.nbytes for c, _ in units[:start]), sum(c.nbytes for c, _ in units)
+        done = sum(chunk.nbytes for chunk, _ in units[:start])
+        total = sum(chunk.nbytes for chunk, _ in units)
         bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, file=sys.stderr, desc="tokenize")
         bar.docs = 0
-    tasks = [(u, units[u][0]) for u in range(start, len(units))]
+    tasks = [(unit, units[unit][0]) for unit in range(start, len(units))]
     try:
-        for res in _results(tasks, workers, encoder, strict, str(spool), bar):
-            chunk, k = units[res.index]
-            inp = m["inputs"][k]
-            if strict and res.error is not None:
-                _merge(m, res, inp, chunk.path, strict)  # raises, naming file and line
-            tokens = read_tokens(res.spool)  # memory-mapped: a unit can be a multi-GB compressed file
-            locs = (res.lines + inp["lines"]).tolist()
-            job.add(
-                tokens, res.lens, res.ids, chunk.path, locs, first_doc if res.index == start else 0, res.index
+        for result in _unit_results(tasks, workers, encoder, strict, str(spool), bar):
+            chunk, input_index = units[result.index]
+            input_entry = manifest["inputs"][input_index]
+            if strict and result.error is not None:  # raises, naming file and line
+                _merge_unit_stats(manifest, result, input_entry, chunk.path, strict)
+            tokens = read_tokens(result.spool)  # memory-mapped: a unit can be a multi-GB compressed file
+            locations = (result.lines + input_entry["lines"]).tolist()
+            writer.add(
+                tokens,
+                result.lens,
+                result.ids,
+                chunk.path,
+                locations,
+                first_doc if result.index == start else 0,
+                result.index,
             )
-            os.unlink(res.spool)
-            _merge(m, res, inp, chunk.path, strict)
-        job.finish()
+            os.unlink(result.spool)
+            _merge_unit_stats(manifest, result, input_entry, chunk.path, strict)
+        writer.finish()
     finally:
-        job.abort()
+        writer.abort()
         shutil.rmtree(spool, ignore_errors=True)
         if bar is not None:
             bar.close()

@@ -14,9 +14,11 @@ same summary.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -24,12 +26,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from olmo2.config import ConfigError, load_config
+from olmo2.data.loader import ValidationLoader
+from olmo2.demo.corpus import build_demo_corpus
+from olmo2.demo.posttrain_data import write_demo_data
+from olmo2.eval.runner import run_eval
+from olmo2.model.checkpoint import load_model
 from olmo2.posttrain.common import stage_functions
+from olmo2.recipe.report import write_report
+from olmo2.recipe.soup import soup_checkpoints
+from olmo2.tokenizer import load_tokenizer
 from olmo2.train.checkpoint import latest_checkpoint, read_train_state
 from olmo2.train.config import load_train_config
 from olmo2.train.monitor import log
-from olmo2.train.trainer import train
+from olmo2.train.trainer import heldout_sums, train
 
 
 @dataclass
@@ -167,7 +179,7 @@ def _last_json_object(lines: list[str]) -> dict | None:
     return None
 
 
-def _in_process(stage: str) -> tuple[Callable, Callable]:
+def _in_process_functions(stage: str) -> tuple[Callable, Callable]:
     """``(load_config(path, overrides), train(cfg) -> summary)`` of ``train``, ``sft``, ``dpo`` or ``rlvr``."""
     return (load_train_config, train) if stage == "train" else stage_functions(stage)
 
@@ -198,33 +210,36 @@ class Recipe:
         self.train_overrides = list(overrides or [])
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    def _done(self, step: str) -> dict | None:
+    def done_record(self, step: str) -> dict | None:
+        """What ``step`` recorded when it finished, or None while it has not."""
         path = self.done_dir / f"{step}.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def _mark(self, step: str, info: dict) -> dict:
+    def record_done(self, step: str, info: dict) -> dict:
+        """Write ``step``'s marker atomically (a killed recipe leaves none or a whole one); returns ``info``."""
         self.done_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.done_dir / f".{step}.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        tmp.replace(self.done_dir / f"{step}.json")
+        partial = self.done_dir / f".{step}.json.tmp"
+        partial.write_text(json.dumps(info, indent=2) + "\n")
+        partial.replace(self.done_dir / f"{step}.json")
         return info
 
-    def _step(self, step: str, fn) -> dict:
-        done = self._done(step)
+    def run_once(self, step: str, work: Callable[[], dict]) -> dict:
+        """``work()``, timed and recorded as done; or, if an earlier run finished ``step``, its record."""
+        done = self.done_record(step)
         if done is not None:
             log(f"recipe: {step}: done already, skipped")
             return done
         log(f"recipe: {step}: running")
         start = time.perf_counter()
-        info = fn()
+        info = work()
         info["seconds"] = round(time.perf_counter() - start, 1)
-        return self._mark(step, info)
+        return self.record_done(step, info)
 
     def _launch(self, step: str, stage: str, config: str, overrides: list[str]) -> dict:
         """Run ``olmo2 STAGE CONFIG OVERRIDES`` (stage: train, sft, dpo or rlvr) in this process, or
         under torchrun when ``launch.nproc_per_node`` > 1; its summary either way."""
         if self.cfg.launch.nproc_per_node == 1:
-            load, run = _in_process(stage)
+            load, run = _in_process_functions(stage)
             return run(load(config, overrides))
         return run_stage_command(step, self.cfg.launch.command(stage, config, overrides))
 
@@ -252,16 +267,18 @@ class Recipe:
     def prepare(self) -> None:
         self.check_posttrain()
         if self.cfg.demo_corpus:
-            from olmo2.demo.corpus import build_demo_corpus
-
             self.variables.setdefault("OLMO2_DEMO_DATA", str(build_demo_corpus()))
 
     def stage1(self) -> dict:
-        s1 = self.cfg.stage1
-        if s1.checkpoint is not None:
-            return self._step("stage1", lambda: {"checkpoint": s1.checkpoint, "run_dir": None, "lr": s1.lr})
-        return self._step(
-            "stage1", lambda: self._train("stage1", s1.config, self.out / "stage1", list(s1.overrides))
+        stage1 = self.cfg.stage1
+        if stage1.checkpoint is not None:
+            imported = {"checkpoint": stage1.checkpoint, "run_dir": None, "lr": stage1.lr}
+            return self.run_once("stage1", lambda: imported)
+        return self.run_once(
+            "stage1",
+            functools.partial(
+                self._train, "stage1", stage1.config, self.out / "stage1", list(stage1.overrides)
+            ),
         )
 
     def handoff_lr(self, stage1: dict) -> float:
@@ -290,8 +307,8 @@ class Recipe:
             ]
             step, folder = f"anneal-seed{seed}", self.out / f"anneal-seed{seed}"
             runs.append(
-                self._step(
-                    step, lambda s=step, f=folder, e=extra: self._train(s, self.cfg.anneal.config, f, e)
+                self.run_once(
+                    step, functools.partial(self._train, step, self.cfg.anneal.config, folder, extra)
                 )
             )
         return runs
@@ -299,18 +316,15 @@ class Recipe:
     def soup(self, anneals: list[dict]) -> dict | None:
         if not self.cfg.soup or len(anneals) < 2:
             return None
-        from olmo2.recipe.soup import soup_checkpoints
 
         def run() -> dict:
             out = self.out / "soup"
             if out.exists():  # a partial soup from a killed run: the writer is atomic, but be safe
-                import shutil
-
                 shutil.rmtree(out)
-            soup_checkpoints([a["checkpoint"] for a in anneals], out, self.cfg.soup_weights)
+            soup_checkpoints([anneal["checkpoint"] for anneal in anneals], out, self.cfg.soup_weights)
             return {"checkpoint": str(out)}
 
-        return self._step("soup", run)
+        return self.run_once("soup", run)
 
     def evaluate(self, name: str, checkpoint: str) -> dict:
         def run() -> dict:
@@ -318,87 +332,66 @@ class Recipe:
             if self.cfg.eval.heldout:
                 results["heldout"] = heldout_bpb(checkpoint, self.cfg.eval, self.variables)
             if self.cfg.eval.tasks:
-                from olmo2.eval.runner import run_eval
-
                 out = self.out / "eval" / f"{name}.json"
                 tasks = run_eval(
                     checkpoint, self.cfg.eval.tasks, limit=self.cfg.eval.limit, out=out, quiet=True
                 )
-                results["tasks"] = {k: v for k, v in tasks.items() if k != "settings"}
+                results["tasks"] = {task: metrics for task, metrics in tasks.items() if task != "settings"}
             return results
 
-        return self._step(f"eval-{name}", run)
+        return self.run_once(f"eval-{name}", run)
 
     def posttrain(self, start: str) -> dict[str, dict]:
-        pt = self.cfg.posttrain
-        if pt is None or not pt.stages():
+        posttrain = self.cfg.posttrain
+        if posttrain is None or not posttrain.stages():
             return {}
-        if pt.demo_data:
-            from olmo2.demo.posttrain_data import write_demo_data
+        if posttrain.demo_data:
 
             def write() -> dict:
                 files = write_demo_data(self.out / "posttrain" / "data")
-                return {"files": {k: str(v) for k, v in files.items()}}
+                return {"files": {stage: str(path) for stage, path in files.items()}}
 
-            self._step("posttrain-data", write)
+            self.run_once("posttrain-data", write)
         results, model = {}, start
-        for name, config in pt.stages():
+        for name, config in posttrain.stages():
             step, overrides = f"posttrain-{name}", self._posttrain_overrides(name, model)
-            results[name] = self._step(
-                step, lambda s=step, n=name, c=config, o=overrides: self._launch(s, n, c, o)
+            results[name] = self.run_once(
+                step, functools.partial(self._launch, step, name, config, overrides)
             )
             model = results[name]["model"]
         return results
 
     def run(self) -> dict:
-        from olmo2.recipe.report import write_report
-
         self.out.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        s1 = self.stage1()
-        anneals = self.anneals(s1)
+        stage1 = self.stage1()
+        anneals = self.anneals(stage1)
         soup = self.soup(anneals)
-        checkpoints = {"stage1": s1["checkpoint"]}
+        checkpoints = {"stage1": stage1["checkpoint"]}
         checkpoints.update(
             {
-                f"anneal-seed{seed}": a["checkpoint"]
-                for seed, a in zip(self.cfg.anneal.seeds, anneals, strict=True)
+                f"anneal-seed{seed}": anneal["checkpoint"]
+                for seed, anneal in zip(self.cfg.anneal.seeds, anneals, strict=True)
             }
         )
         if soup is not None:
             checkpoints["soup"] = soup["checkpoint"]
-        evals = {name: self.evaluate(name, ckpt) for name, ckpt in checkpoints.items()}
+        evals = {name: self.evaluate(name, checkpoint) for name, checkpoint in checkpoints.items()}
         posttrain = self.posttrain(list(checkpoints.values())[-1])
-        return write_report(self.cfg, self.out, s1, anneals, soup, evals, posttrain)
+        return write_report(self.cfg, self.out, stage1, anneals, soup, evals, posttrain)
 
 
 def heldout_bpb(checkpoint: str, cfg: RecipeEvalConfig, variables: dict[str, str]) -> dict[str, dict]:
     """Held-out CE per token and bits per UTF-8 byte on each named set of validation token files."""
-    import torch
-
-    from olmo2.data.loader import ValidationLoader
-    from olmo2.model.checkpoint import load_model
-    from olmo2.model.loss import IGNORE_INDEX, shift_labels
-    from olmo2.tokenizer import load_tokenizer
-
-    model = load_model(checkpoint)
-    tokenizer = load_tokenizer()
-    byte_len = _token_byte_lengths(tokenizer, model.config.embedding_size)
+    model = load_model(checkpoint)  # on the CPU, in the checkpoint's dtype (float32 below: no autocast)
+    byte_lengths = _token_byte_lengths(load_tokenizer(), model.config.embedding_size)
     results = {}
     for name, paths in cfg.heldout.items():
         loader = ValidationLoader(
             paths, cfg.seq_len, cfg.batch_size, max_instances=cfg.heldout_max_instances, variables=variables
         )
-        nats = tokens = n_bytes = 0.0
-        with torch.no_grad():
-            for batch in loader:
-                ids = batch["input_ids"]
-                labels = shift_labels(ids)
-                out = model(ids, labels=labels, z_loss_multiplier=0.0, loss_normalizer=1.0)
-                valid = labels != IGNORE_INDEX
-                nats += out.ce_loss.item()
-                tokens += valid.sum().item()
-                n_bytes += byte_len[labels[valid]].sum().item()
+        sums = heldout_sums(model, loader, torch.device("cpu"), torch.float32, byte_lengths)
+        nats, tokens, n_bytes = sums.tolist()
         results[name] = {
             "ce_per_token": nats / tokens,
             "bits_per_byte": nats / math.log(2) / n_bytes,
@@ -411,8 +404,6 @@ def heldout_bpb(checkpoint: str, cfg: RecipeEvalConfig, variables: dict[str, str
 def _token_byte_lengths(tokenizer, size: int):
     """UTF-8 bytes each token id stands for. dolma2 is byte-level BPE: one vocabulary character per
     byte; special tokens (EOS) stand for no text and count 0 bytes."""
-    import torch
-
     lengths = torch.zeros(size, dtype=torch.float64)
     special = {i for i, t in tokenizer.backend.get_added_tokens_decoder().items() if t.special}
     added = tokenizer.backend.get_added_tokens_decoder()

@@ -51,7 +51,7 @@ from olmo2.train.runtime import autocast, build_parallel_model, choose_precision
 from olmo2.train.schedule import lr_factor
 from olmo2.train.tracking import open_sinks
 
-__all__ = ["LMTrainModule", "TrainingHalted", "train"]
+__all__ = ["LMTrainModule", "TrainingHalted", "heldout_sums", "train"]
 
 
 def _labels(micro: dict, device: torch.device) -> torch.Tensor:
@@ -60,6 +60,35 @@ def _labels(micro: dict, device: torch.device) -> torch.Tensor:
     if mask is not None:
         labels[~mask] = IGNORE_INDEX  # the whole instance is loss-masked (spec §3.4)
     return labels.to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def heldout_sums(
+    model,
+    loader: ValidationLoader,
+    device: torch.device,
+    dtype: torch.dtype,
+    byte_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """This rank's float64 ``[CE in nats, target tokens, target UTF-8 bytes]`` over ``loader``, the one
+    held-out pass behind both the training run's ``val_loss`` and the recipe's bits per byte. Bytes are
+    counted only given ``byte_lengths`` (the bytes each token id stands for), else stay 0."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    if byte_lengths is not None:
+        byte_lengths = byte_lengths.to(device)
+    for batch in loader:
+        ids = batch["input_ids"].to(device)
+        labels = shift_labels(ids)
+        with autocast(device, dtype):
+            out = model(ids, labels=labels, z_loss_multiplier=0.0, loss_normalizer=1.0)
+        valid = labels != IGNORE_INDEX
+        sums[:2] += torch.stack([out.ce_loss.double(), valid.sum().double()])
+        if byte_lengths is not None:
+            sums[2] += byte_lengths[labels[valid]].sum()
+    model.train(was_training)
+    return sums
 
 
 class LMTrainModule(TrainModule):
@@ -116,26 +145,14 @@ class LMTrainModule(TrainModule):
             "batch_hash": batch.index_hash,
         }
 
-    @torch.no_grad()
     def heldout_loss(self, loader: ValidationLoader) -> dict:
         """Mean CE per target token over the validation files (every instance once), and perplexity."""
-        model, env = self.model, self.env
-        was_training = model.training
-        model.eval()
-        sums = torch.zeros(2, device=env.device, dtype=torch.float64)
-        for batch in loader:
-            ids = batch["input_ids"].to(env.device)
-            labels = shift_labels(ids)
-            with autocast(env.device, self.dtype):
-                out = model(ids, labels=labels, z_loss_multiplier=0.0, loss_normalizer=1.0)
-            sums += torch.stack([out.ce_loss.double(), (labels != IGNORE_INDEX).sum().double()])
-        sums = all_reduce_sum(sums)
-        model.train(was_training)
-        loss = (sums[0] / sums[1].clamp(min=1)).item()
+        nats, tokens, _ = all_reduce_sum(heldout_sums(self.model, loader, self.env.device, self.dtype))
+        loss = (nats / tokens.clamp(min=1)).item()
         return {
             "val_loss": loss,
             "val_perplexity": math.exp(min(loss, 50.0)),
-            "val_tokens": int(sums[1].item()),
+            "val_tokens": int(tokens.item()),
         }
 
 
