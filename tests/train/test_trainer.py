@@ -177,7 +177,7 @@ def test_bad_config_fails_before_work(make_train_config, capsys, tmp_path):
 def _tokenized_config(make_train_config, tmp_path, directory: str = "", **changed) -> TrainConfig:
     """Two sources (``train``, ``code``) and held-out ``val``, each with the manifest ``olmo2 tokenize``
     writes for the config's model; ``directory``'s manifest gets the ``changed`` keys."""
-    cfg = load_train_config(make_train_config(), ["trainer.max_steps=3"])
+    cfg = load_train_config(make_train_config(), ["run.max_steps=3"])
     data = tmp_path / "data"
     shutil.copytree(data / "train", data / "code")
     sources = [{"name": name, "paths": [str(data / name / "*.npy")]} for name in ("train", "code")]
@@ -232,7 +232,7 @@ def test_a_manifest_for_another_model_fails_before_step_1(
 
 def test_matching_manifests_and_raw_token_files_train(make_train_config, tmp_path, capsys):
     raw = load_train_config(
-        make_train_config(), ["trainer.max_steps=3", f"trainer.save_folder={tmp_path}/raw"]
+        make_train_config(), ["run.max_steps=3", f"run.folder={tmp_path}/raw"]
     )
     assert train(raw)["step"] == 3
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("token files:")]
