@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from olmo2.model.config import ModelConfig
 from olmo2.model.loss import IGNORE_INDEX, lm_loss
+from olmo2.model.ops import apply_rotary, rms_norm, swiglu_down
 
 
 class RMSNorm(nn.Module):
@@ -30,36 +31,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            return _RMSNormFunction.apply(x, self.weight, self.eps)
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
-
-
-def _fp32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in fp32, or wider if it already is (fp64 keeps gradcheck meaningful)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-class _RMSNormFunction(torch.autograd.Function):
-    """RMSNorm with a hand-written backward: on CPU, autograd through ``F.rms_norm``'s decomposition
-    makes about twice as many passes over the activations. Same fp32 arithmetic as the forward above."""
-
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        xf = _fp32(x)
-        rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))
-        ctx.save_for_backward(x, weight, rstd)
-        return (xf * rstd).mul_(_fp32(weight)).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, rstd = ctx.saved_tensors
-        x_hat, dyf = _fp32(x) * rstd, _fp32(dy)
-        dw = (dyf * x_hat).sum(dim=tuple(range(dy.dim() - 1))) if ctx.needs_input_grad[1] else None
-        g = dyf * _fp32(weight)
-        # d/dx of x·rstd·w: rstd · (g − x̂ · mean(g · x̂))
-        dx = g.sub_(x_hat.mul_((g * x_hat).mean(-1, keepdim=True))).mul_(rstd)
-        return dx.to(x.dtype), (dw.to(weight.dtype) if dw is not None else None), None
+        return rms_norm(x, self.weight, self.eps)
 
 
 class RotaryEmbedding(nn.Module):
@@ -95,40 +67,6 @@ class RotaryEmbedding(nn.Module):
         if positions.dim() == 2:  # per-row positions (left-padded batches)
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return cos, sin
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x·cos + rotate_half(x)·sin`` in fp32, with ``rotate_half(x) = cat(−x2, x1)``."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _RotaryFunction.apply(x, cos, sin)
-    return _rotate(x, cos, sin, transpose=False)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, transpose: bool) -> torch.Tensor:
-    """The rotation (or, ``transpose``, its transpose, for the backward) in two passes, without the
-    negated copy and the concatenation of the textbook form."""
-    xf = _fp32(x)
-    half = x.shape[-1] // 2
-    x1, x2 = xf[..., :half], xf[..., half:]
-    sign = -1.0 if transpose else 1.0
-    out = xf * cos
-    out[..., :half].addcmul_(x2, sin[..., half:] if transpose else sin[..., :half], value=-sign)
-    out[..., half:].addcmul_(x1, sin[..., :half] if transpose else sin[..., half:], value=sign)
-    return out.to(x.dtype)
-
-
-class _RotaryFunction(torch.autograd.Function):
-    """RoPE is linear in x: the backward is the transposed rotation, and nothing but cos/sin is saved."""
-
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin, transpose=False)
-
-    @staticmethod
-    def backward(ctx, dy):
-        cos, sin = ctx.saved_tensors
-        return _rotate(dy, cos, sin, transpose=True), None, None
 
 
 class KVCache:
@@ -191,37 +129,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_proj(x), self.up_proj(x)
-        if torch.is_grad_enabled():
-            return _SwiGLUDownFunction.apply(gate, up, self.down_proj.weight)
-        return self.down_proj(F.silu(gate) * up)
-
-
-class _SwiGLUDownFunction(torch.autograd.Function):
-    """``down(silu(gate) · up)`` keeping only ``gate`` and ``up`` for the backward: autograd would also
-    keep ``silu(gate)`` and the product, two more [tokens, mlp_hidden] tensors per layer (the largest
-    activations of the step). The backward recomputes them, two elementwise passes."""
-
-    @staticmethod
-    def forward(ctx, gate, up, weight):
-        ctx.save_for_backward(gate, up, weight)
-        return F.linear(F.silu(gate) * up, weight)  # under autocast: the same casts as nn.Linear
-
-    @staticmethod
-    def backward(ctx, dy):
-        gate, up, weight = ctx.saved_tensors
-        sig = torch.sigmoid(gate)
-        act = gate * sig  # silu(gate)
-        d_weight = None
-        if ctx.needs_input_grad[2]:
-            prod = (act * up).to(dy.dtype).reshape(-1, up.shape[-1])
-            d_weight = (dy.reshape(-1, dy.shape[-1]).t() @ prod).to(weight.dtype)
-            del prod
-        d_prod = dy @ weight.to(dy.dtype)
-        d_up = act.mul_(d_prod).to(up.dtype)
-        # silu'(g) = σ(g)·(1 + g·(1 − σ(g)))
-        d_gate = (1 - sig).mul_(gate).add_(1).mul_(sig).mul_(up).mul_(d_prod).to(gate.dtype)
-        return d_gate, d_up, d_weight
+        return swiglu_down(self.gate_proj(x), self.up_proj(x), self.down_proj.weight)
 
 
 class Block(nn.Module):
