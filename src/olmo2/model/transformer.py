@@ -7,7 +7,9 @@
 
 Parameter names follow Hugging Face's ``Olmo2ForCausalLM`` exactly, so a state dict of this model is
 a state dict of that one: the project's model checkpoint is an HF directory (see ``model/checkpoint.py``).
-The model knows nothing of data, distribution or checkpoints.
+The model knows nothing of data, distribution or checkpoints. Top down: RMSNorm, RoPE, attention, MLP,
+block, model. The numerics with hand-written backward passes (RMSNorm, RoPE, the SwiGLU down-projection)
+are in ``model/ops.py``, the chunked LM loss in ``model/loss.py``.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from olmo2.model.config import ModelConfig
-from olmo2.model.loss import IGNORE_INDEX, lm_loss
+from olmo2.model.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, lm_loss
 from olmo2.model.ops import apply_rotary, rms_norm, swiglu_down
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm with a learnable weight and no bias, computed in fp32 (as HF does), then cast back."""
+    """``x / sqrt(mean(x²) + eps) · weight``: a learnable weight, no bias, computed in fp32 (as HF does)
+    and cast back. Used as QK-norm, after each sublayer and as the final norm."""
 
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -35,18 +38,20 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotate-half RoPE; the cos/sin table is fp32 and the rotation is computed in fp32."""
+    """Rotate-half RoPE's cos/sin tables, in fp32; ``ops.apply_rotary`` rotates q and k with them (in fp32)."""
 
     def __init__(self, head_dim: int, theta: float, max_seq_len: int):
         super().__init__()
         self.head_dim, self.theta = head_dim, theta
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
-        self._build(max_seq_len)
+        self.build(max_seq_len)
 
-    def _build(self, length: int, device: torch.device | None = None) -> None:
+    def build(self, length: int, device: torch.device | None = None) -> None:
+        """(Re)compute the tables for positions 0..length-1. The buffers are not in the state dict, so a
+        model made on the meta device calls this once its weights are real (init or load)."""
         device = device or self.cos.device
-        if device.type == "meta":
+        if device.type == "meta":  # shapes only
             self.cos = torch.empty(length, self.head_dim, device=device)
             self.sin = torch.empty(length, self.head_dim, device=device)
             return
@@ -62,7 +67,7 @@ class RotaryEmbedding(nn.Module):
         """cos/sin for ``positions`` ([T] or [B, T], all < ``length``), shaped to broadcast over
         [B, heads, T, head_dim]. The table grows on demand and stays fp32 even if the model is cast."""
         if length > self.cos.shape[0] or self.cos.device != positions.device or self.cos.dtype != torch.float:
-            self._build(max(length, self.cos.shape[0]), positions.device)
+            self.build(max(length, self.cos.shape[0]), positions.device)
         cos, sin = self.cos[positions], self.sin[positions]
         if positions.dim() == 2:  # per-row positions (left-padded batches)
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -80,6 +85,8 @@ class KVCache:
         self.max_len = max_len
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``layer``'s new keys/values after the ``length`` already held and return all of them.
+        ``length`` itself advances once all layers have run (``Olmo2.hidden_states``)."""
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.max_len}")
@@ -94,6 +101,8 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    """Causal self-attention with QK-norm and RoPE; grouped-query when ``n_kv_heads < n_heads``."""
+
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
@@ -114,7 +123,7 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        if self.n_kv_heads != self.n_heads:
+        if self.n_kv_heads != self.n_heads:  # GQA: each KV head serves n_heads / n_kv_heads query heads
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
@@ -122,6 +131,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) · up(x))``."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
@@ -133,6 +144,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """One layer. OLMo 2's reordered norm: each sublayer's *output* is normalised before the residual
+    add, and the residual stream itself is never normalised inside a block."""
+
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.self_attn = Attention(cfg, layer_idx)
@@ -203,36 +217,42 @@ class Olmo2(nn.Module):
         *,
         z_loss_multiplier: float = 0.0,
         loss_normalizer: float | torch.Tensor | None = None,
-        loss_chunk_size: int | None = 512,
+        loss_chunk_size: int | None = DEFAULT_CHUNK_SIZE,
         targets_only: bool = False,
         target_logps: bool = False,
         temperature: float = 1.0,
         **kwargs,
     ):
-        """Logits [B, T, embedding_size]; or, given ``labels`` (the next token at each position,
-        -100 = ignore), the loss as a ``LossOutput``, computed from the hidden states in chunks so the
-        full fp32 logits never exist; ``targets_only`` sends only labelled positions to the LM head
-        (SFT: prompts cost no vocabulary-sized matmul). ``target_logps`` returns instead the log-probs
-        [B, T] of the labels under softmax(logits / ``temperature``) and their mask (DPO, RLVR).
-        Losses live here (as in OLMo-core's LM head) so FSDP's forward hooks cover the LM head."""
+        """One pass through the blocks, then one of three heads:
+
+        - no ``labels``: the logits [B, T, embedding_size] (generation, evaluation);
+        - ``labels`` (the next token at each position, -100 = ignore): the loss as a ``LossOutput``,
+          computed from the hidden states in chunks so the full fp32 logits never exist
+          (``model/loss.py``); ``targets_only`` sends only labelled positions to the LM head (SFT:
+          prompts cost no vocabulary-sized matmul);
+        - ``target_logps``: the log-probs [B, T] of the labels under softmax(logits / ``temperature``),
+          0 where unlabelled, and the mask of labelled positions (DPO, RLVR).
+
+        ``kwargs`` go to ``hidden_states``. The losses live here (as in OLMo-core's LM head) so that
+        FSDP's forward hooks cover the LM head."""
         hidden = self.hidden_states(input_ids, **kwargs)
         if labels is None:
             return self.lm_head(hidden)
         if target_logps or targets_only:
-            mask = labels != IGNORE_INDEX
-            hidden, picked_labels = hidden[mask], labels[mask]
+            labelled = labels != IGNORE_INDEX
+            hidden, targets = hidden[labelled], labels[labelled]
         if target_logps:
             logits = self.lm_head(hidden).float()
             if temperature != 1.0:
                 logits = logits / temperature
-            picked = logits.gather(-1, picked_labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-            out = torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device)
-            out[mask] = picked
-            return out, mask
+            logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+            out = torch.zeros(labels.shape, dtype=logps.dtype, device=logps.device)
+            out[labelled] = logps
+            return out, labelled
         return lm_loss(
             hidden,
             self.lm_head.weight,
-            picked_labels if targets_only else labels,
+            targets if targets_only else labels,
             z_loss_multiplier=z_loss_multiplier,
             chunk_size=loss_chunk_size,
             normalizer=loss_normalizer,
@@ -240,14 +260,15 @@ class Olmo2(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """Truncated normal (std ``init_std``, cut at ±3σ) for every matrix; norm weights 1 (spec §1.7)."""
+        """Truncated normal (std ``init_std``, cut at ±3σ) for every matrix; norm weights 1 (spec §1.7).
+        Also (re)fills the RoPE tables, so that a model moved off the meta device with ``to_empty`` is complete."""
         std = self.config.init_std
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.trunc_normal_(module.weight, std=std, a=-3 * std, b=3 * std, generator=generator)
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
-        self.rotary._build(self.rotary.cos.shape[0], self.lm_head.weight.device)
+        self.rotary.build(self.rotary.cos.shape[0], self.lm_head.weight.device)
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = None) -> Olmo2:
