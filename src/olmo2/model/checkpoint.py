@@ -230,7 +230,7 @@ def load_model(
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
-    model.rotary._build(cfg.max_seq_len, torch.device("cpu"))
+    model.rotary.build(cfg.max_seq_len, torch.device("cpu"))
     return model.to(device).eval()
 
 

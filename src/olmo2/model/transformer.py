@@ -7,7 +7,9 @@
 
 Parameter names follow Hugging Face's ``Olmo2ForCausalLM`` exactly, so a state dict of this model is
 a state dict of that one: the project's model checkpoint is an HF directory (see ``model/checkpoint.py``).
-The model knows nothing of data, distribution or checkpoints.
+The model knows nothing of data, distribution or checkpoints. Top down: RMSNorm, RoPE, attention, MLP,
+block, model. The numerics with hand-written backward passes (RMSNorm, RoPE, the SwiGLU down-projection)
+are in ``model/ops.py``, the chunked LM loss in ``model/loss.py``.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from olmo2.model.config import ModelConfig
-from olmo2.model.loss import IGNORE_INDEX, lm_loss
+from olmo2.model.loss import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, lm_loss
+from olmo2.model.ops import apply_rotary, rms_norm, swiglu_down
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm with a learnable weight and no bias, computed in fp32 (as HF does), then cast back."""
+    """``x / sqrt(mean(x²) + eps) · weight``: a learnable weight, no bias, computed in fp32 (as HF does)
+    and cast back. Used as QK-norm, after each sublayer and as the final norm."""
 
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -30,51 +34,24 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            return _RMSNormFunction.apply(x, self.weight, self.eps)
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
-
-
-def _fp32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in fp32, or wider if it already is (fp64 keeps gradcheck meaningful)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-class _RMSNormFunction(torch.autograd.Function):
-    """RMSNorm with a hand-written backward: on CPU, autograd through ``F.rms_norm``'s decomposition
-    makes about twice as many passes over the activations. Same fp32 arithmetic as the forward above."""
-
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        xf = _fp32(x)
-        rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))
-        ctx.save_for_backward(x, weight, rstd)
-        return (xf * rstd).mul_(_fp32(weight)).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, rstd = ctx.saved_tensors
-        x_hat, dyf = _fp32(x) * rstd, _fp32(dy)
-        dw = (dyf * x_hat).sum(dim=tuple(range(dy.dim() - 1))) if ctx.needs_input_grad[1] else None
-        g = dyf * _fp32(weight)
-        # d/dx of x·rstd·w: rstd · (g − x̂ · mean(g · x̂))
-        dx = g.sub_(x_hat.mul_((g * x_hat).mean(-1, keepdim=True))).mul_(rstd)
-        return dx.to(x.dtype), (dw.to(weight.dtype) if dw is not None else None), None
+        return rms_norm(x, self.weight, self.eps)
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotate-half RoPE; the cos/sin table is fp32 and the rotation is computed in fp32."""
+    """Rotate-half RoPE's cos/sin tables, in fp32; ``ops.apply_rotary`` rotates q and k with them (in fp32)."""
 
     def __init__(self, head_dim: int, theta: float, max_seq_len: int):
         super().__init__()
         self.head_dim, self.theta = head_dim, theta
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
-        self._build(max_seq_len)
+        self.build(max_seq_len)
 
-    def _build(self, length: int, device: torch.device | None = None) -> None:
+    def build(self, length: int, device: torch.device | None = None) -> None:
+        """(Re)compute the tables for positions 0..length-1. The buffers are not in the state dict, so a
+        model made on the meta device calls this once its weights are real (init or load)."""
         device = device or self.cos.device
-        if device.type == "meta":
+        if device.type == "meta":  # shapes only
             self.cos = torch.empty(length, self.head_dim, device=device)
             self.sin = torch.empty(length, self.head_dim, device=device)
             return
@@ -90,45 +67,11 @@ class RotaryEmbedding(nn.Module):
         """cos/sin for ``positions`` ([T] or [B, T], all < ``length``), shaped to broadcast over
         [B, heads, T, head_dim]. The table grows on demand and stays fp32 even if the model is cast."""
         if length > self.cos.shape[0] or self.cos.device != positions.device or self.cos.dtype != torch.float:
-            self._build(max(length, self.cos.shape[0]), positions.device)
+            self.build(max(length, self.cos.shape[0]), positions.device)
         cos, sin = self.cos[positions], self.sin[positions]
         if positions.dim() == 2:  # per-row positions (left-padded batches)
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return cos, sin
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x·cos + rotate_half(x)·sin`` in fp32, with ``rotate_half(x) = cat(−x2, x1)``."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _RotaryFunction.apply(x, cos, sin)
-    return _rotate(x, cos, sin, transpose=False)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, transpose: bool) -> torch.Tensor:
-    """The rotation (or, ``transpose``, its transpose, for the backward) in two passes, without the
-    negated copy and the concatenation of the textbook form."""
-    xf = _fp32(x)
-    half = x.shape[-1] // 2
-    x1, x2 = xf[..., :half], xf[..., half:]
-    sign = -1.0 if transpose else 1.0
-    out = xf * cos
-    out[..., :half].addcmul_(x2, sin[..., half:] if transpose else sin[..., :half], value=-sign)
-    out[..., half:].addcmul_(x1, sin[..., :half] if transpose else sin[..., half:], value=sign)
-    return out.to(x.dtype)
-
-
-class _RotaryFunction(torch.autograd.Function):
-    """RoPE is linear in x: the backward is the transposed rotation, and nothing but cos/sin is saved."""
-
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin, transpose=False)
-
-    @staticmethod
-    def backward(ctx, dy):
-        cos, sin = ctx.saved_tensors
-        return _rotate(dy, cos, sin, transpose=True), None, None
 
 
 class KVCache:
@@ -142,6 +85,8 @@ class KVCache:
         self.max_len = max_len
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``layer``'s new keys/values after the ``length`` already held and return all of them.
+        ``length`` itself advances once all layers have run (``Olmo2.hidden_states``)."""
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.max_len}")
@@ -156,6 +101,8 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    """Causal self-attention with QK-norm and RoPE; grouped-query when ``n_kv_heads < n_heads``."""
+
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
@@ -176,7 +123,7 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        if self.n_kv_heads != self.n_heads:
+        if self.n_kv_heads != self.n_heads:  # GQA: each KV head serves n_heads / n_kv_heads query heads
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
@@ -184,6 +131,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) · up(x))``."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
@@ -191,40 +140,13 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_proj(x), self.up_proj(x)
-        if torch.is_grad_enabled():
-            return _SwiGLUDownFunction.apply(gate, up, self.down_proj.weight)
-        return self.down_proj(F.silu(gate) * up)
-
-
-class _SwiGLUDownFunction(torch.autograd.Function):
-    """``down(silu(gate) · up)`` keeping only ``gate`` and ``up`` for the backward: autograd would also
-    keep ``silu(gate)`` and the product, two more [tokens, mlp_hidden] tensors per layer (the largest
-    activations of the step). The backward recomputes them, two elementwise passes."""
-
-    @staticmethod
-    def forward(ctx, gate, up, weight):
-        ctx.save_for_backward(gate, up, weight)
-        return F.linear(F.silu(gate) * up, weight)  # under autocast: the same casts as nn.Linear
-
-    @staticmethod
-    def backward(ctx, dy):
-        gate, up, weight = ctx.saved_tensors
-        sig = torch.sigmoid(gate)
-        act = gate * sig  # silu(gate)
-        d_weight = None
-        if ctx.needs_input_grad[2]:
-            prod = (act * up).to(dy.dtype).reshape(-1, up.shape[-1])
-            d_weight = (dy.reshape(-1, dy.shape[-1]).t() @ prod).to(weight.dtype)
-            del prod
-        d_prod = dy @ weight.to(dy.dtype)
-        d_up = act.mul_(d_prod).to(up.dtype)
-        # silu'(g) = σ(g)·(1 + g·(1 − σ(g)))
-        d_gate = (1 - sig).mul_(gate).add_(1).mul_(sig).mul_(up).mul_(d_prod).to(gate.dtype)
-        return d_gate, d_up, d_weight
+        return swiglu_down(self.gate_proj(x), self.up_proj(x), self.down_proj.weight)
 
 
 class Block(nn.Module):
+    """One layer. OLMo 2's reordered norm: each sublayer's *output* is normalised before the residual
+    add, and the residual stream itself is never normalised inside a block."""
+
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.self_attn = Attention(cfg, layer_idx)
@@ -295,36 +217,42 @@ class Olmo2(nn.Module):
         *,
         z_loss_multiplier: float = 0.0,
         loss_normalizer: float | torch.Tensor | None = None,
-        loss_chunk_size: int | None = 512,
+        loss_chunk_size: int | None = DEFAULT_CHUNK_SIZE,
         targets_only: bool = False,
         target_logps: bool = False,
         temperature: float = 1.0,
         **kwargs,
     ):
-        """Logits [B, T, embedding_size]; or, given ``labels`` (the next token at each position,
-        -100 = ignore), the loss as a ``LossOutput``, computed from the hidden states in chunks so the
-        full fp32 logits never exist; ``targets_only`` sends only labelled positions to the LM head
-        (SFT: prompts cost no vocabulary-sized matmul). ``target_logps`` returns instead the log-probs
-        [B, T] of the labels under softmax(logits / ``temperature``) and their mask (DPO, RLVR).
-        Losses live here (as in OLMo-core's LM head) so FSDP's forward hooks cover the LM head."""
+        """One pass through the blocks, then one of three heads:
+
+        - no ``labels``: the logits [B, T, embedding_size] (generation, evaluation);
+        - ``labels`` (the next token at each position, -100 = ignore): the loss as a ``LossOutput``,
+          computed from the hidden states in chunks so the full fp32 logits never exist
+          (``model/loss.py``); ``targets_only`` sends only labelled positions to the LM head (SFT:
+          prompts cost no vocabulary-sized matmul);
+        - ``target_logps``: the log-probs [B, T] of the labels under softmax(logits / ``temperature``),
+          0 where unlabelled, and the mask of labelled positions (DPO, RLVR).
+
+        ``kwargs`` go to ``hidden_states``. The losses live here (as in OLMo-core's LM head) so that
+        FSDP's forward hooks cover the LM head."""
         hidden = self.hidden_states(input_ids, **kwargs)
         if labels is None:
             return self.lm_head(hidden)
         if target_logps or targets_only:
-            mask = labels != IGNORE_INDEX
-            hidden, picked_labels = hidden[mask], labels[mask]
+            labelled = labels != IGNORE_INDEX
+            hidden, targets = hidden[labelled], labels[labelled]
         if target_logps:
             logits = self.lm_head(hidden).float()
             if temperature != 1.0:
                 logits = logits / temperature
-            picked = logits.gather(-1, picked_labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-            out = torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device)
-            out[mask] = picked
-            return out, mask
+            logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+            out = torch.zeros(labels.shape, dtype=logps.dtype, device=logps.device)
+            out[labelled] = logps
+            return out, labelled
         return lm_loss(
             hidden,
             self.lm_head.weight,
-            picked_labels if targets_only else labels,
+            targets if targets_only else labels,
             z_loss_multiplier=z_loss_multiplier,
             chunk_size=loss_chunk_size,
             normalizer=loss_normalizer,
@@ -332,14 +260,15 @@ class Olmo2(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """Truncated normal (std ``init_std``, cut at ±3σ) for every matrix; norm weights 1 (spec §1.7)."""
+        """Truncated normal (std ``init_std``, cut at ±3σ) for every matrix; norm weights 1 (spec §1.7).
+        Also (re)fills the RoPE tables, so that a model moved off the meta device with ``to_empty`` is complete."""
         std = self.config.init_std
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.trunc_normal_(module.weight, std=std, a=-3 * std, b=3 * std, generator=generator)
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
-        self.rotary._build(self.rotary.cos.shape[0], self.lm_head.weight.device)
+        self.rotary.build(self.rotary.cos.shape[0], self.lm_head.weight.device)
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = None) -> Olmo2:
