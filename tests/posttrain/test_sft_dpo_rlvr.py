@@ -54,10 +54,26 @@ def digits_sft(tmp_path_factory, base):
     cfg = load_sft_config(
         None,
         [f"model={base}", f"data={data}", f"run.folder={tmp / 'run'}", "optim.lr=3e-2", "run.epochs=16"]
-        + ["batch_size=20", "micro_batch_size=20", "max_seq_len=64", "schedule.warmup_ratio=0.0"],
+        + ["batch_size=20", "micro_batch_size=20", "max_seq_len=64", "schedule.warmup_ratio=0.0"]
+        + ["logging.tensorboard=true"],
     )
     summary = train_sft(cfg)
     return tmp / "run", summary, rows
+
+
+def test_sft_metrics_reach_tensorboard_as_in_pretraining(digits_sft):
+    """Post-training shares pretraining's ``logging`` section: every record's scalars go to TensorBoard."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _, _ = digits_sft
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    for tag in ("loss", "lr", "grad_norm"):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [r["step"] for r in records], tag
+        assert [s.value for s in scalars] == pytest.approx([r[tag] for r in records], rel=1e-6), tag
 
 
 def test_sft_lowers_loss_and_trains_assistant_tokens_only(digits_sft, tok):
