@@ -144,15 +144,10 @@ def train_throughput(args, device: str, tmp: Path) -> dict:
             "micro_batch_size": args.micro_batch,
             "filter_repeats": False,
         },
-        "trainer": {
-            "save_folder": str(tmp / "run"),
-            "max_steps": args.steps,
-            "precision": args.precision,
-            "device": device,
-            "compile": args.compile,
-            "activation_checkpointing": args.activation_checkpointing,
-            "log_every": 1,
-        },
+        "run": {"folder": str(tmp / "run"), "max_steps": args.steps},
+        "runtime": {"precision": args.precision, "device": device, "compile": args.compile},
+        "parallel": {"activation_checkpointing": args.activation_checkpointing},
+        "logging": {"every": 1},
         "checkpoint": {"save_every": 10**9, "export_hf": False},
     }
     (tmp / "train.yaml").write_text(yaml.safe_dump(cfg))
@@ -319,7 +314,7 @@ class Stages:
         values = {
             "model": str(self.model_dir()),
             "data": ["synthetic"],
-            "out_dir": str(self.tmp / name),
+            "run.folder": str(self.tmp / name),
             "tokenizer": self.tokenizer,
             "seed": 0,
             "runtime.device": self.device,
