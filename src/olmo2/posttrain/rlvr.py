@@ -258,8 +258,11 @@ def finish_rlvr(run: StageRun, records: list[dict], n_prompts: int) -> dict:
 
 
 def train_rlvr(cfg: RLVRConfig) -> dict:
-    """Train (or resume) on the engine; write ``metrics.jsonl`` (reward_mean, kl, ...), checkpoints,
-    ``rewards.png``, ``summary.json`` and ``model/``."""
+    """RL with verifiable rewards, GRPO or PPO with a value model (spec §6.4-6.5), on the training engine,
+    resumed from ``out_dir``'s latest checkpoint if it has one: writes metrics.jsonl (reward_mean, kl,
+    ...), checkpoints, rewards.png, summary.json and model/.
+
+    Returns the run's summary."""
     with stage_run(cfg) as run:
         prompts = run.load_records(load_rl_prompts, "rl_prompts", max_prompt_length=cfg.max_prompt_len)
         data = run.batches(len(prompts), "RLVR prompts")

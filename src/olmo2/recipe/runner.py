@@ -426,3 +426,11 @@ def _token_byte_lengths(tokenizer, size: int):
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
     return load_config(RecipeConfig, path, overrides)
+
+
+def run_recipe(cfg: RecipeConfig, train_overrides: list[str] | None = None) -> dict:
+    """Run the OLMo 2 curriculum as the recipe describes. Each finished step is recorded in OUT/.done/ and
+    skipped on a rerun; an interrupted training step resumes from its checkpoint.
+
+    ``train_overrides`` apply to every training run; returns the report's summary."""
+    return Recipe(cfg, train_overrides).run()
