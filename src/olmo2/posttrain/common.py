@@ -445,14 +445,3 @@ def _run_config(run_dir: str | Path) -> dict:
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def stage_functions(name: str) -> tuple[Callable, Callable]:
-    """``(load_config(path, overrides), train(cfg) -> summary)`` of the stage ``sft``, ``dpo`` or ``rlvr``."""
-    from olmo2.posttrain import dpo, rlvr, sft
-
-    return {
-        "sft": (sft.load_sft_config, sft.train_sft),
-        "dpo": (dpo.load_dpo_config, dpo.train_dpo),
-        "rlvr": (rlvr.load_rlvr_config, rlvr.train_rlvr),
-    }[name]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from olmo2.config import ConfigError, load_config
-from olmo2.posttrain.common import stage_functions
+from olmo2.posttrain.stages import stage_functions
 from olmo2.train.checkpoint import latest_checkpoint, read_train_state
 from olmo2.train.config import load_train_config
 from olmo2.train.monitor import log
