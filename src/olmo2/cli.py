@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from olmo2 import __version__
 from olmo2.assets import AssetError
 from olmo2.config import to_dict
+from olmo2.demo.posttrain_data import TASKS as DEMO_TASKS
 
 
 def resolve(target: str) -> Any:
@@ -254,7 +255,7 @@ COMMANDS = {
     "posttrain-data": command(
         "write the offline demo SFT/DPO/RLVR JSONL (reasoning-gym)", "olmo2.demo.posttrain_data:write_demo_data",
         arg("out_dir", metavar="out", help="output folder"),
-        arg("--task", choices=["chain_sum", "gsm_symbolic"], default="chain_sum", help="chain_sum: one-digit "
+        arg("--task", choices=sorted(DEMO_TASKS), default="chain_sum", help="chain_sum: one-digit "
             "sums the demo model can learn (default); gsm_symbolic: word problems"),
         arg("--n-sft", type=int, default=2000, help="SFT chats"),
         arg("--n-dpo", type=int, default=128, help="preference pairs (at most)"),
