@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from olmo2.cli import build_parser, main
+from olmo2.cli import COMMANDS, build_parser, main, resolve
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
@@ -89,3 +89,10 @@ def test_every_command_has_help(capsys):
     for parser in parsers:
         text = parser.format_help()
         assert "usage: olmo2" in text and "-h, --help" in text
+
+
+def test_every_command_names_functions_that_exist():
+    """The table's "module:function" names are imported only on use: check them all here."""
+    for name, cmd in COMMANDS.items():
+        assert callable(resolve(cmd.run)), name
+        assert cmd.config is None or callable(resolve(cmd.config[0])), name

@@ -452,7 +452,8 @@ class Stages:
     def grpo(self) -> dict:
         from olmo2.posttrain.common import GlobalBatches, load_policy
         from olmo2.posttrain.data import RLPrompt
-        from olmo2.posttrain.rlvr import GRPOModule, load_rlvr_config
+        from olmo2.posttrain.grpo import GRPOModule
+        from olmo2.posttrain.rlvr import load_rlvr_config
 
         a = self.args
         total = a.stage_warmup + a.stage_steps

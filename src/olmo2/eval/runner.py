@@ -29,8 +29,6 @@ from olmo2.eval.tokens import encode_strings
 
 __all__ = [
     "Evaluator",
-    "add_eval_arguments",
-    "eval_from_args",
     "evaluate",
     "flat_metrics",
     "format_table",
@@ -305,7 +303,9 @@ def run_eval(
     all_norms: bool = False,
     quiet: bool = False,
 ) -> dict:
-    """What ``olmo2 eval MODEL --tasks SPEC`` does: load, score, print the table, write JSON."""
+    """Score ``model`` on ``tasks`` (task:format names or suites such as olmes_core; ``olmo2 eval --list``
+    shows them), print a table and optionally write JSON to ``out`` with per-task metrics, counts and
+    settings."""
     from olmo2.eval.lm import load_eval_model
 
     lm, tok = load_eval_model(model, device=device, dtype=dtype, backend=backend, tokenizer=tokenizer)
@@ -329,64 +329,3 @@ def run_eval(
         if not quiet:
             print(f"results written to {out}")
     return results
-
-
-def add_eval_arguments(parser) -> None:
-    """The ``olmo2 eval`` options, for the CLI to attach to its ``eval`` sub-parser."""
-    parser.add_argument("model", nargs="?", help="checkpoint or Hugging Face causal-LM directory")
-    parser.add_argument(
-        "--tasks",
-        default="olmes_core",
-        help="comma-separated suites, tasks, task:format names (default: olmes_core)",
-    )
-    parser.add_argument("--limit", type=int, default=None, help="at most N docs per task format")
-    parser.add_argument("--out", default=None, help="write the results JSON here")
-    parser.add_argument("--batch-size", type=int, default=32, help="rows per forward pass (default: 32)")
-    parser.add_argument(
-        "--max-batch-tokens", type=int, default=8192, help="token budget per batch (default: 8192)"
-    )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    parser.add_argument(
-        "--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: float32"
-    )
-    parser.add_argument(
-        "--backend", default="auto", choices=["auto", "olmo2", "hf"], help="model implementation"
-    )
-    parser.add_argument(
-        "--tokenizer", default=None, help="tokenizer.json / HF dir, or 'dolma2' (default: the model's)"
-    )
-    parser.add_argument("--gen-max-tokens", type=int, default=None, help="cap on generated tokens (GSM8K)")
-    parser.add_argument("--all-norms", action="store_true", help="also score PMI where it is not the metric")
-    parser.add_argument("--per-doc", action="store_true", help="keep per-doc scores in the JSON")
-    parser.add_argument("--list", action="store_true", help="list suites, tasks and formats, then exit")
-    parser.add_argument("--quiet", action="store_true", help="no progress or table on the terminal")
-
-
-def eval_from_args(args) -> dict | None:
-    """Run ``olmo2 eval`` from parsed :func:`add_eval_arguments` options."""
-    if args.list:
-        from olmo2.eval.suites import available
-        from olmo2.eval.tasks import TASKS, describe
-
-        print(available())
-        for fmt in TASKS.values():
-            print("  " + describe(fmt))
-        return None
-    if args.model is None:
-        raise ValueError("olmo2 eval: a MODEL directory is required (or --list)")
-    return run_eval(
-        args.model,
-        args.tasks,
-        limit=args.limit,
-        out=args.out,
-        batch_size=args.batch_size,
-        max_batch_tokens=args.max_batch_tokens,
-        device=args.device,
-        dtype=args.dtype,
-        backend=args.backend,
-        tokenizer=args.tokenizer,
-        gen_max_tokens=args.gen_max_tokens,
-        keep_docs=args.per_doc,
-        all_norms=args.all_norms,
-        quiet=args.quiet,
-    )

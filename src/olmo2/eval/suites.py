@@ -8,9 +8,9 @@ exact match, and other generative tasks are scored by bits per byte of the gold 
 
 from __future__ import annotations
 
-from olmo2.eval.tasks import BPB_TASKS, CORE_MC_TASKS, TASKS, EvalDataError
+from olmo2.eval.tasks import BPB_TASKS, CORE_MC_TASKS, TASKS, EvalDataError, describe
 
-__all__ = ["SUITES", "available", "expand", "formats_of"]
+__all__ = ["SUITES", "available", "describe_all", "expand", "formats_of"]
 
 CORE_9 = list(CORE_MC_TASKS)
 
@@ -45,6 +45,11 @@ def available() -> str:
         f"formats: {', '.join(sorted(TASKS))}\n"
         "or any request dir of the task data, e.g. arc_easy/val_rc_5shot"
     )
+
+
+def describe_all() -> str:
+    """``olmo2 eval --list``: the suites, tasks and formats, then what each task format is."""
+    return "\n".join([available(), *("  " + describe(fmt) for fmt in TASKS.values())])
 
 
 def expand(spec: str | list[str]) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import shutil
 import sys
@@ -25,8 +24,9 @@ import yaml
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from olmo2.chat import write_hf_chat_files
+from olmo2.chat import decode_response, encode_prompt, write_hf_chat_files
 from olmo2.config import ConfigError, apply_overrides, from_dict, read_yaml, refuse_moved_keys, to_dict
+from olmo2.generate import GenerationConfig, generate
 from olmo2.model.checkpoint import CheckpointError, load_model, resolve_model_dir, save_state_dict
 from olmo2.tokenizer import load_tokenizer
 from olmo2.train.components import Checkpointer, GarbageCollection, MetricsWriter
@@ -61,7 +61,6 @@ __all__ = [
     "PostTrainConfig",
     "StageRun",
     "StageRunConfig",
-    "add_cli_commands",
     "chat",
     "fit_stage",
     "load_posttrain_config",
@@ -404,11 +403,6 @@ def chat(
 
     ``/exit`` (or end of input) quits, ``/reset`` clears the history. Returns the conversation.
     """
-    from olmo2.chat import decode_response, encode_prompt
-    from olmo2.generate import GenerationConfig, generate
-    from olmo2.model.checkpoint import load_model
-    from olmo2.tokenizer import load_tokenizer
-
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     tok = load_tokenizer(tokenizer)
     model = load_model(ckpt, device=resolve_device(device))
@@ -447,8 +441,6 @@ def plot_rewards(run_dir: str | Path, out: str | Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from olmo2.train.monitor import read_metrics
-
     records = [r for r in read_metrics(run_dir) if "reward_mean" in r]
     if not records:
         raise ValueError(f"{run_dir}/metrics.jsonl has no reward_mean: not an RLVR run?")
@@ -481,110 +473,8 @@ def plot_rewards(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 def _run_config(run_dir: str | Path) -> dict:
     """The run's ``config.yaml`` as a dict ({} if absent or unreadable)."""
-    import yaml
-
     try:
         data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-# ------------------------------------------------------------------------------------- CLI
-
-
-def stage_functions(name: str) -> tuple[Callable, Callable]:
-    """``(load_config(path, overrides), train(cfg) -> summary)`` of the stage ``sft``, ``dpo`` or ``rlvr``."""
-    from olmo2.posttrain import dpo, rlvr, sft
-
-    return {
-        "sft": (sft.load_sft_config, sft.train_sft),
-        "dpo": (dpo.load_dpo_config, dpo.train_dpo),
-        "rlvr": (rlvr.load_rlvr_config, rlvr.train_rlvr),
-    }[name]
-
-
-def _run_stage(args) -> None:
-    load, train = stage_functions(args.command)
-    cfg = load(args.config, args.overrides)
-    if args.dry_run:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return
-    summary = train(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns the same summary
-        print(json.dumps(summary))
-
-
-def _run_chat(args) -> None:
-    chat(
-        args.checkpoint,
-        tokenizer=args.tokenizer,
-        system=args.system,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        device=args.device,
-    )
-
-
-def _run_data(args) -> None:
-    from olmo2.demo.posttrain_data import write_demo_data
-
-    paths = write_demo_data(
-        args.out, task=args.task, n_sft=args.n_sft, n_dpo=args.n_dpo, n_rlvr=args.n_rlvr, seed=args.seed
-    )
-    for name, path in paths.items():
-        print(f"{name}: {path} ({len(path.read_text().splitlines())} records)")
-
-
-def _run_plot(args) -> None:
-    print(f"wrote {plot_rewards(args.run_dir, args.out)}")
-
-
-def add_cli_commands(commands) -> None:
-    """Register ``sft``, ``dpo``, ``rlvr``, ``chat``, ``posttrain-data`` and ``plot-rewards`` on the
-    ``olmo2`` argparse sub-parsers (``commands`` = ``parser.add_subparsers(...)``)."""
-    for name, help_text in (
-        ("sft", "supervised fine-tuning on chats (assistant tokens only; spec §6.2)"),
-        ("dpo", "preference tuning: length-normalised DPO, beta 5 (spec §6.3)"),
-        ("rlvr", "RL with verifiable rewards: GRPO or PPO with a value model (spec §6.4-6.5)"),
-    ):
-        p = commands.add_parser(
-            name, help=help_text, description=help_text + "; key=value overrides the config"
-        )
-        p.add_argument("config", help=f"YAML config (configs/posttrain/demo-{name}.yaml)")
-        p.add_argument("overrides", nargs="*", help="key=value overrides")
-        p.add_argument("--dry-run", action="store_true", help="validate and print the resolved config")
-        p.set_defaults(func=_run_stage)
-    p = commands.add_parser("chat", help="interactive chat with a checkpoint (stdin lines; /exit quits)")
-    p.add_argument("checkpoint", help="model directory (e.g. runs/posttrain-demo/sft/model)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the pinned dolma2 one)")
-    p.add_argument("--system", default=None, help="system message")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=_run_chat)
-    p = commands.add_parser(
-        "posttrain-data", help="write the offline demo SFT/DPO/RLVR JSONL (reasoning-gym)"
-    )
-    from olmo2.demo.posttrain_data import TASKS
-
-    p.add_argument("out", help="output folder")
-    p.add_argument(
-        "--task",
-        choices=sorted(TASKS),
-        default="chain_sum",
-        help="chain_sum: one-digit sums the demo model can learn (default); gsm_symbolic: word problems",
-    )
-    p.add_argument("--n-sft", type=int, default=2000, help="SFT chats")
-    p.add_argument("--n-dpo", type=int, default=128, help="preference pairs (at most)")
-    p.add_argument("--n-rlvr", type=int, default=16, help="distinct RLVR prompts (at most)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_run_data)
-    p = commands.add_parser("plot-rewards", help="draw an RLVR run's mean reward and KL per step to PNG")
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/rewards.png)")
-    p.set_defaults(func=_run_plot)

@@ -197,8 +197,11 @@ class DPOModule(TrainModule):
 
 
 def train_dpo(cfg: DPOConfig) -> dict:
-    """Train (or resume) on the engine; write ``metrics.jsonl``, ``reference_logps.pt``, checkpoints and
-    ``model/``; return a summary."""
+    """Preference tuning, length-normalised DPO with beta 5 by default (spec §6.3), on the training engine,
+    resumed from ``out_dir``'s latest checkpoint if it has one: writes metrics.jsonl, reference_logps.pt,
+    checkpoints and model/.
+
+    Returns the run's summary."""
     with stage_run(cfg) as run:
         pairs = run.load_records(
             load_preferences, "preferences", max_length=cfg.max_seq_len, train_on=cfg.train_on

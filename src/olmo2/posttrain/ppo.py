@@ -3,7 +3,7 @@
 Each step (one rollout):
 
 1. sample ``group_size`` responses per prompt with the KV-cache generator and score them with the
-   verifiers (``rlvr.sample_rollout``, shared with GRPO);
+   verifiers (``rollout.RolloutSampler``, shared with GRPO);
 2. without gradients: the rollout policy's token log-probs, the frozen reference's, and the value
    model's values V(s_t) (the value of the state before each response token);
 3. per-token rewards −β·KL(π‖π_ref) plus the score on the last token (``ppo_token_rewards``; β 0.05

@@ -4,10 +4,10 @@ Both algorithms share what happens before the loss: each step samples ``group_si
 prompt with the KV-cache generator (temperature 1) and scores them with the verifier (``reward`` if
 correct, else 0; ``no_eos_penalty`` replaces the score of a response cut at ``max_new_tokens``).
 
-GRPO (``algorithm: grpo``, the 1B/32B runs) normalises rewards within each group and takes one
-clipped-ratio policy-gradient step with a k3 KL penalty to the frozen initial model. One update per
-rollout, so the ratio is 1 and the clip never binds; it is kept for parity with the loss open-instruct
-uses. PPO (``algorithm: ppo``, the 7B/13B runs, with a value model) lives in ``olmo2.posttrain.ppo``.
+GRPO (``algorithm: grpo``, the 1B/32B runs; ``olmo2.posttrain.grpo``) normalises rewards within each
+group and takes one policy-gradient step per rollout; PPO (``algorithm: ppo``, the 7B/13B runs, with a
+value model; ``olmo2.posttrain.ppo``) takes several. This module holds what they share: the config,
+the choice between them (``ALGORITHMS``) and the run around the step.
 
 Settings whose spec value differs between the two (``optim.lr``, ``schedule.name``, ``beta``,
 ``kl_estimator``, ``group_size``, ``no_eos_penalty``) default to the chosen algorithm's value
@@ -23,8 +23,6 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
-
 from olmo2.posttrain.common import (
     PostTrainConfig,
     StageRun,
@@ -37,32 +35,14 @@ from olmo2.posttrain.common import (
     stage_run,
     stage_run_config,
 )
-from olmo2.posttrain.data import RLPrompt, load_rl_prompts
-from olmo2.posttrain.losses import group_advantages, grpo_loss
+from olmo2.posttrain.data import load_rl_prompts
+from olmo2.posttrain.grpo import GRPOModule
 from olmo2.posttrain.ppo import PPOModule
-from olmo2.posttrain.rollout import RolloutSampler, rollout_metrics, sequence_logps
 from olmo2.posttrain.verifiers import NO_EOS_PENALTY, VERIFIED_REWARD
-from olmo2.train.distributed import all_reduce_sum
-from olmo2.train.engine import (
-    Part,
-    ScheduledOptimizer,
-    SpikeGuard,
-    TrainModule,
-    apply_update,
-    chunks,
-    global_count,
-)
-from olmo2.train.monitor import flops_per_token
-from olmo2.train.runtime import sync_gradients
+from olmo2.train.engine import TrainModule
 from olmo2.train.schedule import ScheduleConfig
 
-__all__ = [
-    "ALGORITHM_DEFAULTS",
-    "GRPOModule",
-    "RLVRConfig",
-    "load_rlvr_config",
-    "train_rlvr",
-]
+__all__ = ["ALGORITHM_DEFAULTS", "ALGORITHMS", "RLVRConfig", "load_rlvr_config", "train_rlvr"]
 
 # Spec §6.5 (GRPO, 1B: LR 5e-7 constant, β 0.01 k3, 16 samples, no EOS penalty) and §6.4 / Tab 18
 # (PPO, 7B: LR 4e-7 linear, β 0.05 on the sampled log-ratio (open-instruct's kl1), one sample per
@@ -85,6 +65,10 @@ ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
         "no_eos_penalty": NO_EOS_PENALTY,
     },
 }
+
+
+# The train module of each algorithm: ``(run, policy, reference or None, prompts, total_steps)``.
+ALGORITHMS: dict[str, type[TrainModule]] = {"grpo": GRPOModule, "ppo": PPOModule}
 
 
 @dataclass
@@ -167,80 +151,6 @@ def load_rlvr_config(path=None, overrides: list[str] | None = None) -> RLVRConfi
     return load_posttrain_config(RLVRConfig, path, overrides, defaults=_algorithm_defaults)
 
 
-class GRPOModule(TrainModule):
-    """One GRPO step: sample, score, normalise rewards within each prompt's group, then one clipped
-    policy-gradient update with a KL penalty to the frozen reference, normalised over the global
-    batch's response tokens (or sequences)."""
-
-    console_keys = ("reward_mean", "kl")
-
-    def __init__(self, run: StageRun, model, ref, prompts: list[RLPrompt], total_steps: int):
-        cfg = run.cfg
-        self.run, self.cfg, self.model, self.ref = run, cfg, model, ref
-        self.sample = RolloutSampler(run, model, prompts)
-        self.optim = ScheduledOptimizer(model, cfg.optim, cfg.schedule, total_steps)
-        self.flops_per_token = flops_per_token(model.config, cfg.max_prompt_len + cfg.max_new_tokens)
-        self.peak_flops = run.peak_flops
-
-    def parts(self) -> dict[str, Part]:
-        return {"model": Part(self.model, self.optim.optimizer)}
-
-    def train_step(self, batch: list[int], step: int, guard: SpikeGuard | None) -> dict:
-        cfg, env = self.cfg, self.run.env
-        lr = self.optim.set_lr(step)
-        roll = self.sample(batch, step)
-        adv = group_advantages(roll.scores, cfg.group_size)
-        seqs = roll.sequences()
-        n_resp = global_count(sum(len(r) for r in roll.responses), env.device).clamp(min=1.0)
-        n_seqs = cfg.batch_size * cfg.group_size
-        micro = chunks(range(len(seqs)), cfg.micro_batch_size)
-        sums = torch.zeros(4, device=env.device)  # [loss, policy loss, kl, clipped tokens]
-        for i, idx in enumerate(micro):
-            with sync_gradients(self.model, i == len(micro) - 1):
-                logps, mask = sequence_logps(self.model, [seqs[j] for j in idx], self.run)
-                ref_logps = None
-                if self.ref is not None:
-                    with torch.no_grad():
-                        ref_logps, _ = sequence_logps(self.ref, [seqs[j] for j in idx], self.run)
-                res = grpo_loss(
-                    logps,
-                    adv[idx].to(env.device),
-                    mask,
-                    ref_logps=ref_logps,
-                    beta=cfg.beta,
-                    clip_eps=cfg.clip_eps,
-                    kl_estimator=cfg.kl_estimator,
-                    normalization=cfg.normalization,
-                    num_tokens=n_resp if cfg.normalization == "token" else None,
-                )
-                # "token": already this micro-batch's share of the global token mean; "sequence": a
-                # mean over its sequences, weighted by its share of the global batch's sequences.
-                scale = 1.0 if cfg.normalization == "token" else len(idx) / n_seqs
-                (res.loss * scale * env.world_size).backward()
-            sums += torch.stack(
-                [
-                    res.loss.detach() * scale,
-                    res.policy_loss * scale,
-                    res.kl * scale,
-                    res.clip_frac * mask.sum(),
-                ]
-            )
-        trained = torch.tensor([float(sum(len(x) for x in seqs))], device=env.device)  # prompts too
-        values = all_reduce_sum(torch.cat([sums, trained, roll.sums(env.device).float()]))  # one collective
-        outcome = apply_update([self.optim.update_part], values, guard)
-        loss, policy_loss, kl, clipped, n_tokens, *rollout = outcome.values
-        return {
-            "loss": loss,
-            **rollout_metrics(rollout),
-            "policy_loss": policy_loss,
-            "kl": kl,
-            "clip_frac": clipped / float(n_resp),
-            **outcome.record(),
-            "lr": lr,
-            "n_tokens": int(n_tokens),
-        }
-
-
 def finish_rlvr(run: StageRun, records: list[dict], n_prompts: int) -> dict:
     """The reward plot and the summary of an RLVR run, GRPO or PPO."""
     if run.env.is_main:
@@ -260,16 +170,16 @@ def finish_rlvr(run: StageRun, records: list[dict], n_prompts: int) -> dict:
 
 
 def train_rlvr(cfg: RLVRConfig) -> dict:
-    """Train (or resume) on the engine; write ``metrics.jsonl`` (reward_mean, kl, ...), checkpoints,
-    ``rewards.png``, ``summary.json`` and ``model/``."""
+    """RL with verifiable rewards, GRPO or PPO with a value model (spec §6.4-6.5), on the training engine,
+    resumed from ``out_dir``'s latest checkpoint if it has one: writes metrics.jsonl (reward_mean, kl,
+    ...), checkpoints, rewards.png, summary.json and model/.
+
+    Returns the run's summary."""
     with stage_run(cfg) as run:
         prompts = run.load_records(load_rl_prompts, "rl_prompts", max_prompt_length=cfg.max_prompt_len)
         data = run.batches(len(prompts), "RLVR prompts")
         total = min(cfg.steps, cfg.run.max_steps or cfg.steps)
         model = load_policy(run)
         ref = load_policy(run, frozen=True) if cfg.beta else None
-        if cfg.algorithm == "ppo":
-            module = PPOModule(run, model, ref, prompts, total)
-        else:
-            module = GRPOModule(run, model, ref, prompts, total)
+        module = ALGORITHMS[cfg.algorithm](run, model, ref, prompts, total)
         return finish_rlvr(run, fit_stage(run, module, data, total), len(prompts))

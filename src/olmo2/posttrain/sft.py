@@ -139,8 +139,11 @@ class SFTModule(TrainModule):
 
 
 def train_sft(cfg: SFTConfig) -> dict:
-    """Train (or resume) on the engine; write ``metrics.jsonl``, ``data_report.json``, checkpoints and
-    ``model/``; return a summary."""
+    """Supervised fine-tuning on chats (assistant tokens only; spec §6.2) on the training engine,
+    resumed from ``out_dir``'s latest checkpoint if it has one: writes metrics.jsonl, data_report.json,
+    checkpoints and model/.
+
+    Returns the run's summary."""
     with stage_run(cfg) as run:
         examples = run.load_records(load_sft, "sft", max_length=cfg.max_seq_len, train_on=cfg.train_on)
         items = pack_examples(examples, cfg.max_seq_len) if cfg.packing else examples

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from olmo2.model.config import ModelConfig, preset
+from olmo2.model.spec import model_config
 from olmo2.model.transformer import count_params
 
 SEQ_LEN = 4096  # every paper-scale run trains on 4096-token instances (spec §1.6)
@@ -267,3 +268,29 @@ def format_runs(runs: Sequence[RunFlops]) -> str:
         total = sum(r.flops for r in runs)
         lines.append(f"{'total':<40} {'':>13} {'':>8} {sum(r.tokens for r in runs):>12.4g} {total:>11.3e}")
     return "\n".join(lines)
+
+
+def flops_report(
+    *,
+    paper: bool = False,
+    size: str | None = None,
+    run: Sequence[str | Path] | None = None,
+    tokens: float | None = None,
+    anneal: Sequence[float] | None = None,
+    as_json: bool = False,
+) -> str:
+    """6*N*D with N = all parameters (embeddings included) and D = every training token: stage 1 plus
+    each anneal run (every soup ingredient). Post-training is not counted.
+
+    As a table or JSON (``as_json``), of the paper's recipes (``paper``), of a recipe for the model
+    ``size`` (a preset, checkpoint dir or model YAML) with ``tokens`` of stage 1 and one ``anneal``
+    entry per anneal run, or of the training runs ``run`` and their sum."""
+    if paper:
+        return json.dumps(paper_results(), indent=2) if as_json else format_paper()
+    if run:
+        runs = [run_flops(r) for r in run]
+        return json.dumps([r.as_dict() for r in runs], indent=2) if as_json else format_runs(runs)
+    if size is None or tokens is None:
+        raise ValueError("--size needs --tokens (stage-1 tokens); add --anneal TOKENS once per anneal run")
+    rf = recipe_flops(model_config(size), tokens, anneal or [], name=size)
+    return json.dumps(rf.as_dict(), indent=2) if as_json else format_recipe(rf)

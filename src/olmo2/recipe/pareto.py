@@ -255,3 +255,17 @@ def plot_pareto(
     finally:
         plt.close(fig)
     return ParetoPlot(out, frontier, run_frontier, missing)
+
+
+def pareto_chart(
+    runs: Sequence[str | Path] = (),
+    *,
+    out: str | Path = "pareto.png",
+    table: str = "base",
+    labels: bool = True,
+) -> str:
+    """The paper's models (spec §7.2 base / §7.3 instruct) on a log-FLOPs axis with the Pareto frontier;
+    runs from recipe-report JSON files go in a separate panel (their scores are not comparable).
+
+    Draws to the PNG ``out``; returns what was drawn."""
+    return plot_pareto(out, load_runs(runs), table=table, labels=labels).summary()

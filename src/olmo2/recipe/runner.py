@@ -34,7 +34,7 @@ from olmo2.demo.corpus import build_demo_corpus
 from olmo2.demo.posttrain_data import write_demo_data
 from olmo2.eval.runner import run_eval
 from olmo2.model.checkpoint import load_model
-from olmo2.posttrain.common import stage_functions
+from olmo2.posttrain.stages import stage_functions
 from olmo2.recipe.report import write_report
 from olmo2.recipe.soup import soup_checkpoints
 from olmo2.tokenizer import load_tokenizer
@@ -417,3 +417,11 @@ def _token_byte_lengths(tokenizer, size: int):
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
     return load_config(RecipeConfig, path, overrides)
+
+
+def run_recipe(cfg: RecipeConfig, train_overrides: list[str] | None = None) -> dict:
+    """Run the OLMo 2 curriculum as the recipe describes. Each finished step is recorded in OUT/.done/ and
+    skipped on a rerun; an interrupted training step resumes from its checkpoint.
+
+    ``train_overrides`` apply to every training run; returns the report's summary."""
+    return Recipe(cfg, train_overrides).run()

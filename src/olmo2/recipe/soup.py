@@ -229,6 +229,24 @@ def soup_checkpoints(
     return out_dir
 
 
+def write_soup(
+    checkpoints: Sequence[str | Path],
+    out: str | Path,
+    *,
+    weights: str | None = None,
+    max_shard_gb: float = 5.0,
+) -> str:
+    """Uniform (or ``weights``, comma-separated) mean of model checkpoints with identical architecture,
+    streamed tensor by tensor (fp32 accumulation, fp64 for fp32 weights) and cast back to the stored
+    dtype. Writes a normal checkpoint plus soup.json (inputs, weights, sha256 of each config.json).
+
+    Output shards hold at most ``max_shard_gb`` GiB; returns a line saying what was written."""
+    parsed = parse_weights(weights, len(checkpoints))
+    path = soup_checkpoints(checkpoints, out, parsed, max_shard_bytes=int(max_shard_gb * 1024**3))
+    kind = "uniform" if parsed is None else f"weighted ({weights})"
+    return f"wrote {path}: {kind} average of {len(checkpoints)} checkpoint(s); provenance in {path}/soup.json"
+
+
 def _copy(name: str, inp: _Input) -> torch.Tensor:
     return inp.handles[inp.tensors[name][0]].get_tensor(name)
 
