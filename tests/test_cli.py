@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from olmo2.cli import COMMANDS, build_parser, main, resolve
+from olmo2.cli import build_parser, main, resolve
+from olmo2.commands import COMMANDS
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:

@@ -18,7 +18,7 @@ LAYERS = [
     ("olmo2.eval", "olmo2.posttrain"),
     ("olmo2.demo",),
     ("olmo2.recipe",),
-    ("olmo2.cli",),
+    ("olmo2.commands", "olmo2.cli"),
 ]
 
 # Upward imports being removed on other branches: (importer, imported). Delete each entry at merge.
