@@ -30,8 +30,10 @@ from pathlib import Path
 from olmo2.assets import ASSETS, cache_dir
 from olmo2.data.decontam import NGramIndex
 from olmo2.data.token_files import write_json_atomic
+from olmo2.data.tokenize import tokenize_documents
 from olmo2.demo import sources as src
 from olmo2.demo.sources import Unit
+from olmo2.tokenizer import load_tokenizer
 
 __all__ = [
     "DemoSizes",
@@ -407,9 +409,6 @@ def _locked(out: Path):
 
 
 def _build(out: Path, sizes: DemoSizes, fingerprint: dict, units_hook, progress: bool, workers: int) -> Path:
-    from olmo2.data.tokenize import tokenize_documents
-    from olmo2.tokenizer import load_tokenizer
-
     t0 = time.perf_counter()
     _clear(out)  # a partial or different build never counts: start over
     (out / _SENTINEL).write_text("built by olmo2.demo.corpus\n")

@@ -17,9 +17,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import tokenizers
 import torch
 
+from olmo2.generate import GenerationConfig, generate
+from olmo2.model.checkpoint import CheckpointError, load_model, parse_dtype, resolve_model_dir
 from olmo2.model.transformer import Olmo2
+from olmo2.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["EvalLM", "HFLM", "Olmo2LM", "Past", "TextTokenizer", "as_eval_lm", "as_text_tokenizer"]
 
@@ -155,8 +159,6 @@ class Olmo2LM(EvalLM):
 
     @torch.inference_mode()
     def generate(self, prompts, max_new_tokens):
-        from olmo2.generate import GenerationConfig, generate
-
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop_on_eos=True)
         return generate(self.model, prompts, cfg, eos_token_id=self.eos_token_id)
 
@@ -321,10 +323,6 @@ def as_text_tokenizer(tok) -> TextTokenizer:
     """Wrap our ``Tokenizer``, a ``tokenizers.Tokenizer`` or an HF tokenizer."""
     if isinstance(tok, TextTokenizer):
         return tok
-    import tokenizers
-
-    from olmo2.tokenizer import Tokenizer
-
     if isinstance(tok, Tokenizer):
         path = tok.path
         src = (
@@ -357,8 +355,6 @@ _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
 def _load_hf(model_dir: Path, device: str, dtype: str | None):
-    from olmo2.model.checkpoint import CheckpointError
-
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -385,10 +381,6 @@ def _load_hf(model_dir: Path, device: str, dtype: str | None):
 
 
 def _load_tokenizer(model_dir: Path, spec: str | None, is_olmo2: bool) -> TextTokenizer:
-    import tokenizers
-
-    from olmo2.tokenizer import load_tokenizer
-
     if spec == "dolma2" or (spec is None and is_olmo2 and not (model_dir / "tokenizer.json").is_file()):
         return as_text_tokenizer(load_tokenizer())
     path = Path(spec) if spec is not None else model_dir
@@ -415,8 +407,6 @@ def load_eval_model(
     directory's ``tokenizer.json`` (or HF tokenizer files), the pinned dolma2 tokenizer for an OLMo 2
     directory without one, or ``tokenizer`` (a path, or ``dolma2``).
     """
-    from olmo2.model.checkpoint import CheckpointError, load_model, parse_dtype, resolve_model_dir
-
     if backend not in ("auto", "olmo2", "hf"):
         raise ValueError(f"backend must be auto, olmo2 or hf, got {backend!r}")
     model_dir = resolve_model_dir(path)

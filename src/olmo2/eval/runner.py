@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from olmo2 import __version__
 from olmo2.assets import ASSETS
 from olmo2.eval.generative import gsm8k_metrics
-from olmo2.eval.lm import EvalLM, TextTokenizer, as_eval_lm, as_text_tokenizer
+from olmo2.eval.lm import EvalLM, TextTokenizer, as_eval_lm, as_text_tokenizer, load_eval_model
 from olmo2.eval.scoring import bpb_metrics, loglikelihoods, macro, mc_or_rc, ranked_metrics
 from olmo2.eval.suites import SUITES, expand, formats_of
 from olmo2.eval.tasks import DATA_ASSET, TaskData, load_task, resolve_format
@@ -108,10 +110,6 @@ class Evaluator:
             print(f"olmo2 eval: {msg}", file=sys.stderr, flush=True)
 
     def settings(self, lm: EvalLM) -> dict:
-        import torch
-
-        from olmo2 import __version__
-
         asset = ASSETS[DATA_ASSET]
         param = next(iter(lm.model.parameters()), None) if hasattr(lm, "model") else None
         return {
@@ -306,7 +304,6 @@ def run_eval(
     """Score ``model`` on ``tasks`` (task:format names or suites such as olmes_core; ``olmo2 eval --list``
     shows them), print a table and optionally write JSON to ``out`` with per-task metrics, counts and
     settings."""
-    from olmo2.eval.lm import load_eval_model
 
     lm, tok = load_eval_model(model, device=device, dtype=dtype, backend=backend, tokenizer=tokenizer)
     ev = Evaluator(

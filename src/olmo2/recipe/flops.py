@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from olmo2.config import from_dict
 from olmo2.model.config import ModelConfig, preset
 from olmo2.model.spec import model_config
 from olmo2.model.transformer import count_params
@@ -241,10 +244,6 @@ def _last_json_line(path: Path) -> dict:
 def run_flops(run_dir: str | Path) -> RunFlops:
     """6·N·D of one ``olmo2 train`` run folder: N from its ``config.yaml``, D = the last ``tokens`` of
     ``metrics.jsonl``. Stage-2 runs start counting at 0, so summing a recipe's runs gives its D."""
-    import yaml
-
-    from olmo2.config import from_dict
-
     run_dir = Path(run_dir)
     config, metrics = run_dir / "config.yaml", run_dir / "metrics.jsonl"
     for path in (config, metrics):
