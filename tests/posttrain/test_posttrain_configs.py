@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from olmo2.config import ConfigError
 from olmo2.posttrain.dpo import load_dpo_config
 from olmo2.posttrain.rlvr import load_rlvr_config
 from olmo2.posttrain.sft import load_sft_config
@@ -119,3 +120,15 @@ def test_every_posttrain_config_loads():
     for path in paths:
         cfg = _loader(path)(path)
         assert cfg.model and cfg.data, path.name
+
+
+def test_keys_of_older_layouts_name_their_new_place():
+    with pytest.raises(ConfigError) as e:
+        load_sft_config(None, ["out_dir=x", "epochs=2", "trainer.parallel=fsdp", "log_every=5"])
+    for moved in (
+        "out_dir is now run.folder",
+        "epochs is now run.epochs",
+        "trainer.parallel is now parallel.strategy",
+    ):
+        assert moved in str(e.value)
+    assert "log_every is now logging.every" in str(e.value)

@@ -200,6 +200,17 @@ def _tokenized_config(make_train_config, tmp_path, directory: str = "", **change
     return cfg
 
 
+def test_keys_of_the_trainer_section_name_their_new_place(make_train_config, capsys):
+    config = make_train_config()
+    assert main(["train", str(config), "trainer.max_steps=3", "trainer.precision=fp32"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "trainer.max_steps is now run.max_steps" in err
+        and "trainer.precision is now runtime.precision" in err
+    )
+    assert not (config.parent / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("directory", "changed", "message"),
     [
