@@ -40,6 +40,7 @@ from olmo2.chat import (
     special_token_strings,
 )
 from olmo2.model.loss import IGNORE_INDEX
+from olmo2.posttrain.verifiers import VERIFIERS, check_ground_truth
 
 __all__ = [
     "PAD_TOKEN_ID",
@@ -339,8 +340,6 @@ def iter_rl_prompts(
     report: DataReport | None = None,
 ) -> Iterator[RLPrompt]:
     """RLVR prompts; too-long prompts are always skipped (a cut question has a different answer)."""
-    from olmo2.posttrain.verifiers import VERIFIERS, check_ground_truth
-
     report = DataReport("rl_prompts") if report is None else report
     forbidden = special_token_strings(tokenizer)
     for where, rec in _records(paths, report, strict):

@@ -10,14 +10,13 @@ import json
 import statistics
 from pathlib import Path
 
+from olmo2.recipe.flops import run_flops
 from olmo2.train.monitor import read_metrics
 
 
 def _flops(run_dir: str | None) -> float:
     if not run_dir:
         return 0.0
-    from olmo2.recipe.flops import run_flops
-
     return run_flops(run_dir).flops
 
 
