@@ -308,3 +308,19 @@ def test_peak_flops_is_the_best_timed_matmul(monkeypatch):
     monkeypatch.setattr(monitor.time, "perf_counter", lambda: next(clock))
     peak = monitor.measure_peak_flops(torch.device("cpu"), torch.float32, size=64, repeats=3)
     assert peak == pytest.approx(2 * 64**3 / 0.1)
+
+
+def test_precision_and_peak_are_measured_once_per_process(monkeypatch):
+    """Each run of a recipe or a test session would otherwise spend a second of matmuls on the peak."""
+    from olmo2.train import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "measure_peak_flops", lambda *args, **kwargs: calls.append(args) or 1e9)
+    runtime.choose_precision.cache_clear()
+    device = torch.device("cpu")
+    try:
+        assert runtime.choose_precision("fp32", device) == (torch.float32, 1e9)
+        assert runtime.choose_precision("fp32", device) == (torch.float32, 1e9)
+        assert calls == [(device, torch.float32)]
+    finally:
+        runtime.choose_precision.cache_clear()  # later runs measure the real peak

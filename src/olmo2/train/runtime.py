@@ -4,6 +4,7 @@ per-block compile and the FSDP2/HSDP/DDP wrapping, and gradient sync across micr
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from torch import nn
@@ -12,8 +13,12 @@ from olmo2.train.distributed import DistEnv, parallelize
 from olmo2.train.monitor import measure_peak_flops
 
 
+@functools.cache
 def choose_precision(requested: str, device: torch.device) -> tuple[torch.dtype, float]:
-    """(compute dtype, its measured matmul peak). ``auto``: bf16 where it is clearly faster than fp32."""
+    """(compute dtype, its measured matmul peak). ``auto``: bf16 where it is clearly faster than fp32.
+
+    Measured once per process and device (about a second of matmuls on a CPU): a process that runs
+    several stages (a recipe, a test session) reuses the first answer."""
     if requested == "fp32":
         return torch.float32, measure_peak_flops(device, torch.float32)
     if requested == "bf16":
