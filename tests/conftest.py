@@ -174,7 +174,7 @@ def torchrun_launcher(nproc: int) -> list[str]:
     ]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def torchrun():
     """``torchrun(nproc) -> argv prefix``: launch the rest of a command under torchrun (Gloo on CPU)."""
     return torchrun_launcher

@@ -102,14 +102,44 @@ def _rows(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run)]
 
 
+# Runs ``olmo2 STAGE CONFIG overrides`` for each command line of the JSON file argv[1], in turn, in
+# one process group: one torchrun launch for all three stages (each launch costs seconds of start-up).
+# A stage joins the group it finds and leaves it to its owner, as under a recipe.
+STAGES_IN_ONE_LAUNCH = """
+import json, sys
+
+import torch.distributed as dist
+
+from olmo2.cli import main
+
+dist.init_process_group("gloo")
+for argv in json.loads(open(sys.argv[1]).read()):
+    if main(argv):
+        sys.exit(f"olmo2 {' '.join(argv)} failed")
+dist.destroy_process_group()
+"""
+
+
+@pytest.fixture(scope="module")
+def two_fsdp_ranks(stages, tmp_path_factory, torchrun) -> dict[str, Path]:
+    """Per stage, the run folder of its config trained by two FSDP ranks (``olmo2 STAGE`` under torchrun)."""
+    root = tmp_path_factory.mktemp("two_ranks")
+    folders = {stage: root / stage for stage in stages}
+    commands = [
+        [stage, str(_config(root, stage, cfg)), f"run.folder={folders[stage]}", "parallel.strategy=fsdp"]
+        for stage, cfg in stages.items()
+    ]
+    (root / "commands.json").write_text(json.dumps(commands))
+    (root / "stages.py").write_text(STAGES_IN_ONE_LAUNCH)
+    _run([*torchrun(2), str(root / "stages.py"), str(root / "commands.json")])
+    return folders
+
+
 @pytest.mark.parametrize("stage", ["sft", "dpo", "rlvr"])
-def test_two_fsdp_ranks_give_the_one_rank_steps(stages, tmp_path, stage, torchrun):
+def test_two_fsdp_ranks_give_the_one_rank_steps(stages, two_fsdp_ranks, tmp_path, stage):
     config = _config(tmp_path, stage, stages[stage])
     _run_here(stage, config, f"run.folder={tmp_path / 'one'}")
-    _run(
-        _cli(stage, config, f"run.folder={tmp_path / 'two'}", "parallel.strategy=fsdp", launcher=torchrun(2))
-    )
-    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    one, two = read_metrics(tmp_path / "one"), read_metrics(two_fsdp_ranks[stage])
     assert len(one) == len(two) >= 4
     for a, b in zip(one, two, strict=True):
         for key in ("loss", "grad_norm", *(("reward_mean", "kl") if stage == "rlvr" else ())):
@@ -117,7 +147,7 @@ def test_two_fsdp_ranks_give_the_one_rank_steps(stages, tmp_path, stage, torchru
         assert a.get("n_targets") == b.get("n_targets")
     if stage == "rlvr":  # the same rollouts: rewards differ from step to step, identically
         assert [r["reward_mean"] for r in one] == [r["reward_mean"] for r in two]
-    wa, wb = read_state_dict(tmp_path / "one/model"), read_state_dict(tmp_path / "two/model")
+    wa, wb = read_state_dict(tmp_path / "one/model"), read_state_dict(two_fsdp_ranks[stage] / "model")
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5)
 
