@@ -279,10 +279,13 @@ def test_plot_writes_png(make_train_config, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("parallel", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_two_processes_match_one(make_train_config, tmp_path, torchrun_train, assert_runs_match, parallel):
     """ddp also saves asynchronously (its Gloo group for DCP runs beside the training collectives).
-    HSDP's meshes: tests/train/test_parallel_variants.py."""
+    HSDP's meshes: tests/train/test_parallel_variants.py. fsdp's is slow-marked (CI time): by default
+    ``test_hsdp_two_processes_match_one[1x2]`` shards the same way over 2 ranks (per block, then the
+    root; steps and weights compared) and ``test_stage1_under_torchrun_matches_the_in_process_run``
+    trains with ``parallel.strategy`` fsdp on 2 ranks (steps and held-out loss compared)."""
     config = make_train_config()
     single = tmp_path / "single"
     train(load_train_config(config, [f"run.folder={single}", "run.max_steps=4"]))
