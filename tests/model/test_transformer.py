@@ -31,6 +31,16 @@ def test_meta_model_allocates_nothing():
     assert all(p.device.type == "meta" for p in model.parameters())
 
 
+def test_meta_model_draws_no_random_init(monkeypatch):
+    """``normal_`` on meta costs seconds of lazy torch imports (every ``load_model`` builds on meta)."""
+    calls = []
+    monkeypatch.setattr(torch.nn.init, "normal_", lambda tensor, *args, **kwargs: calls.append(tensor.device))
+    build_model(preset("tiny"), "meta")
+    assert calls == []
+    build_model(ModelConfig(d_model=64, n_layers=1, n_heads=4, mlp_hidden=128), seed=0)
+    assert calls == [torch.device("cpu")]  # the embedding's default init: the global RNG advances as before
+
+
 def test_unknown_size_lists_known_ones():
     with pytest.raises(ValueError, match="unknown model size 'huge'.*1b, 7b, 13b, 32b"):
         preset("huge")

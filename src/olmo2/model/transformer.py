@@ -159,12 +159,22 @@ class Block(nn.Module):
         return h + self.post_feedforward_layernorm(self.mlp(h))
 
 
+class Embedding(nn.Embedding):
+    """``nn.Embedding`` that leaves a weight on the meta device uninitialised: there are no values to
+    draw there, yet the first ``normal_`` on meta costs a second or more of lazy torch imports, and
+    every ``load_model``, shape check and parameter count builds the model on meta."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class Backbone(nn.Module):
     """Embedding, blocks and final norm (HF's ``Olmo2Model``)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.embedding_size, cfg.d_model)
+        self.embed_tokens = Embedding(cfg.embedding_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
