@@ -216,6 +216,6 @@ COMMANDS = {
         arg("--seed", type=int, default=0), show=lambda paths: "\n".join(
             f"{name}: {path} ({len(path.read_text().splitlines())} records)" for name, path in paths.items())),
     "plot-rewards": command(
-        "draw an RLVR run's mean reward and KL per step to PNG", "olmo2.posttrain.common:plot_rewards",
+        "draw an RLVR run's mean reward and KL per step to PNG", "olmo2.posttrain.plot:plot_rewards",
         arg("run_dir"), arg("--out", help="PNG path (default RUN_DIR/rewards.png)"), show=wrote),
 }  # fmt: skip

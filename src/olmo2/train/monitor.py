@@ -9,10 +9,12 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from olmo2.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    import torch
 
 
 class MetricsLog:
@@ -97,6 +99,8 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 204
     The best of ``repeats`` timed matmuls: other load on a shared machine only ever slows one down,
     so the fastest is the closest to what the hardware can do (and keeps MFU from exceeding 100%).
     """
+    import torch  # here only: reading and plotting metrics need no torch (``olmo2 plot``)
+
     n = 8192 if device.type == "cuda" else size
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
