@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -121,7 +123,7 @@ dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
-def two_fsdp_ranks(stages, tmp_path_factory, torchrun) -> dict[str, Path]:
+def two_fsdp_ranks(stages, tmp_path_factory, torchrun) -> Iterator[dict[str, Path]]:
     """Per stage, the run folder of its config trained by two FSDP ranks (``olmo2 STAGE`` under torchrun)."""
     root = tmp_path_factory.mktemp("two_ranks")
     folders = {stage: root / stage for stage in stages}
@@ -132,7 +134,8 @@ def two_fsdp_ranks(stages, tmp_path_factory, torchrun) -> dict[str, Path]:
     (root / "commands.json").write_text(json.dumps(commands))
     (root / "stages.py").write_text(STAGES_IN_ONE_LAUNCH)
     _run([*torchrun(2), str(root / "stages.py"), str(root / "commands.json")])
-    return folders
+    yield folders
+    shutil.rmtree(root)  # ~0.8 GB of checkpoints
 
 
 @pytest.mark.parametrize("stage", ["sft", "dpo", "rlvr"])
@@ -180,7 +183,7 @@ def test_sigkill_then_rerun_reproduces_the_uninterrupted_run(stages, tmp_path, s
     """DPO's is slow-marked (CI time): its resume shares SFT's path plus the reference cache, which a
     resumed run reloads (checked by ``test_dpo_margin_and_accuracy_rise_reference_cached``).
     The killed run is an ``olmo2`` process; the rerun resumes its folder in this one, as the command would."""
-    cfg = dict(stages[stage], checkpoint={"save_every": 2, "keep_last": 0})
+    cfg = dict(stages[stage], checkpoint={"save_every": 2, "keep_last": 1})
     if stage == "rlvr":
         cfg["steps"] = 8
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import time
 
 import pytest
@@ -59,7 +60,8 @@ def digits_sft(tmp_path_factory, base):
         + ["logging.tensorboard=true"],
     )
     summary = train_sft(cfg)
-    return tmp / "run", summary, rows
+    yield tmp / "run", summary, rows
+    shutil.rmtree(tmp)
 
 
 def test_sft_metrics_reach_tensorboard_as_in_pretraining(digits_sft):
