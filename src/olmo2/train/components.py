@@ -16,7 +16,7 @@ from olmo2.train.checkpoint import (
 )
 from olmo2.train.config import CheckpointConfig
 from olmo2.train.distributed import DistEnv, background_group
-from olmo2.train.engine import Component, Trainer
+from olmo2.train.engine import Component, Trainer, check_finite_weights
 from olmo2.train.monitor import MetricsLog, console_line, log
 
 
@@ -61,6 +61,7 @@ class Checkpointer(Component):
         if not self.due or record.get("skipped"):  # never checkpoint a state that just failed
             return
         self.due = False
+        check_finite_weights(trainer.module.parts(), step)
         self.close()  # one save at a time; raises if the previous one failed
         self.pending = save_checkpoint(
             self.save_folder,

@@ -277,6 +277,8 @@ class Trainer:
                     component.post_step(self, record)
                 if consecutive_skips >= self.max_consecutive_skips:
                     raise self._halted(consecutive_skips, record)
+            if consecutive_skips:  # the final state was never saved: the run did not finish
+                raise self._halted(consecutive_skips, record)
             summary = {
                 "step": self.step,
                 "total_steps": self.total_steps,
@@ -305,10 +307,30 @@ class Trainer:
         reason = record.get("skip_reason")
         why = "had a non-finite loss or gradient" if reason == "non-finite" else f"were skipped ({reason})"
         batch = f" (last batch {record['batch_hash']})" if "batch_hash" in record else ""
+        steps = f"{skips} consecutive steps" if skips > 1 else "1 step"
+        where = "the last " if self.step == self.total_steps else ""
         return TrainingHalted(
-            f"stopped at step {self.step}: {skips} consecutive steps {why}{batch}; no update was applied "
+            f"stopped at step {self.step}: {where}{steps} {why}{batch}; no update was applied "
             f"for them. The last good checkpoint is {self.last_saved or '(none yet)'}. Rerun the same "
             "command to resume from it, e.g. with a lower optim.lr or schedule.warmup_steps."
+        )
+
+
+def check_finite_weights(parts: dict[str, Part], step: int) -> None:
+    """Refuse to go on (and to save) once any weight is NaN or infinite: a checkpoint of such a state
+    would only spread the damage. Every rank checks its shards and all decide alike."""
+    bad = []
+    for name, part in parts.items():
+        for pname, param in part.model.named_parameters():
+            local = param.to_local() if hasattr(param, "to_local") else param  # FSDP2: this rank's shard
+            if not bool(torch.isfinite(local.detach()).all()):
+                bad.append(f"{name}.{pname}")
+    device = next(parts["model"].model.parameters()).device
+    if all_reduce_sum(torch.tensor(float(len(bad)), device=device)).item():
+        raise TrainingHalted(
+            f"after step {step} the weights are not finite ({', '.join(bad[:3]) or 'on another rank'}"
+            f"{', ...' if len(bad) > 3 else ''}); nothing was saved. Rerun from the last good checkpoint "
+            "with a lower optim.lr."
         )
 
 

@@ -39,7 +39,7 @@ class MetricsLog:
         self._file = open(path, "a")  # noqa: SIM115 (kept open for the run)
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
+        self._file.write(json.dumps(strict_json_record(record), allow_nan=False) + "\n")
         self._file.flush()
         for sink in self.sinks:
             sink.write(record)
@@ -50,11 +50,52 @@ class MetricsLog:
             sink.close()
 
 
+NON_FINITE = "non_finite"  # the record key naming the fields written as null, with their value
+
+
+def strict_json_record(record: dict) -> dict:
+    """``record`` with every non-finite number (top level or in a list) as ``null`` and listed under
+    ``non_finite`` as ``"nan"``, ``"inf"`` or ``"-inf"``: strict JSON readers (jq, pandas, JavaScript)
+    reject the ``NaN``/``Infinity`` that Python's json writes by default."""
+    out, flagged = {}, {}
+    for key, value in record.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            out[key], flagged[key] = None, str(value)
+        elif isinstance(value, list) and any(isinstance(v, float) and not math.isfinite(v) for v in value):
+            out[key] = [None if isinstance(v, float) and not math.isfinite(v) else v for v in value]
+            flagged[key] = [str(v) if isinstance(v, float) and not math.isfinite(v) else None for v in value]
+        else:
+            out[key] = value
+    if flagged:
+        out[NON_FINITE] = flagged
+    return out
+
+
+def _restore_non_finite(record: dict) -> dict:
+    """Undo ``strict_json_record``: the flagged fields get their float values back."""
+    for key, flagged in record.pop(NON_FINITE, {}).items():
+        if isinstance(flagged, list):
+            record[key] = [
+                float(f) if f is not None else v for v, f in zip(record[key], flagged, strict=True)
+            ]
+        else:
+            record[key] = float(flagged)
+    return record
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of ``run_dir/metrics.jsonl``, non-finite values restored as floats."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics here; is {run_dir} a training run folder?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(_restore_non_finite(json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not a JSON record ({e})") from None
+    return records
 
 
 class SpikeDetector:
