@@ -9,6 +9,7 @@ import subprocess
 import pytest
 import torch
 
+import olmo2.train.checkpoint as checkpoint_mod
 from olmo2.model.checkpoint import CheckpointError, read_state_dict
 from olmo2.train.checkpoint import (
     CHECKSUMS,
@@ -20,7 +21,7 @@ from olmo2.train.checkpoint import (
 )
 from olmo2.train.config import load_train_config
 from olmo2.train.monitor import read_metrics
-from olmo2.train.trainer import train
+from olmo2.train.trainer import TrainingHalted, train
 
 
 def _trace(run) -> list[tuple]:
@@ -134,6 +135,28 @@ def test_no_loadable_checkpoint_names_each_fault(finished_run, tmp_path):
     assert f"{run / 'step2'}: {_shard(run / 'step2')} has 100 bytes" in text
     assert f"{run / 'step1'}: {run / 'step1' / 'state.json'} has 2 bytes" in text
     assert sorted(p.name for p in run.glob("step*")) == ["step1", "step2"]
+
+
+def test_a_nan_checkpoint_halts_saying_it_may_be_damaged(finished_run, tmp_path, monkeypatch):
+    """A checkpoint whose weights are NaN passes every check (as one written by older code with
+    random bytes in a tensor can): every step after the resume is non-finite."""
+    config, ref = finished_run
+    run = tmp_path / "nan"
+    shutil.copytree(ref, run)
+    real_load = checkpoint_mod.load_checkpoint
+
+    def load_nan(path, parts, env, **kwargs):
+        state = real_load(path, parts, env, **kwargs)
+        with torch.no_grad():
+            next(parts["model"].model.parameters()).fill_(float("nan"))
+        return state
+
+    monkeypatch.setattr(checkpoint_mod, "load_checkpoint", load_nan)
+    with pytest.raises(TrainingHalted, match="stopped at step 5") as err:
+        train(load_train_config(config, [f"run.folder={run}", "run.max_steps=8"]))
+    assert f"No step succeeded since resuming from {run / 'step2'}: that checkpoint may be damaged" in str(
+        err.value
+    )
 
 
 def _fake_checkpoint(folder, step, complete=True):

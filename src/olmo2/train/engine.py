@@ -238,6 +238,7 @@ class Trainer:
     lr: float | None = None  # the last step's (peak-scaled) learning rate: a stage-2 hand-off reads it
     origin: str = "fresh start"
     last_saved: Path | None = None  # the latest complete checkpoint
+    resumed_step: int | None = None  # the step of the checkpoint the run resumed from
 
     def stateful(self) -> dict[str, Stateful]:
         """Everything but the models that a checkpoint's ``state.json`` holds, by name."""
@@ -305,10 +306,19 @@ class Trainer:
         reason = record.get("skip_reason")
         why = "had a non-finite loss or gradient" if reason == "non-finite" else f"were skipped ({reason})"
         batch = f" (last batch {record['batch_hash']})" if "batch_hash" in record else ""
+        advice = (
+            f"The last good checkpoint is {self.last_saved or '(none yet)'}. Rerun the same command to "
+            "resume from it, e.g. with a lower optim.lr or schedule.warmup_steps."
+        )
+        if self.resumed_step is not None and self.step - skips == self.resumed_step:
+            advice = (
+                f"No step succeeded since resuming from {self.last_saved}: that checkpoint may be "
+                "damaged. Move it out of the run folder and rerun the same command to resume from the "
+                "one before."
+            )
         return TrainingHalted(
             f"stopped at step {self.step}: {skips} consecutive steps {why}{batch}; no update was applied "
-            f"for them. The last good checkpoint is {self.last_saved or '(none yet)'}. Rerun the same "
-            "command to resume from it, e.g. with a lower optim.lr or schedule.warmup_steps."
+            f"for them. {advice}"
         )
 
 
