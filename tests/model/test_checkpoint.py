@@ -139,3 +139,13 @@ def test_convert_unknown_dtype(tmp_path, saved):
     _, path = saved
     with pytest.raises(CheckpointError, match="unknown dtype 'fp8'"):
         convert_checkpoint(path, tmp_path / "out", dtype="fp8", with_tokenizer=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage header"])
+def test_corrupt_weights_are_a_value_error_naming_the_file(saved, damage):
+    _, path = saved
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\xff" * 64 + data[64:])
+    with pytest.raises(ValueError, match=f"{weights}: unreadable, truncated or corrupt"):
+        load_model(path)

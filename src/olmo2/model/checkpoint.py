@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from olmo2.model.config import ModelConfig
@@ -171,7 +172,10 @@ def weight_files(model_dir: Path) -> list[Path]:
         return [model_dir / WEIGHTS_NAME]
     for index_name in (INDEX_NAME, "pytorch_model.bin.index.json"):
         if (model_dir / index_name).is_file():
-            index = json.loads((model_dir / index_name).read_text())
+            try:
+                index = json.loads((model_dir / index_name).read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CheckpointError(f"{model_dir / index_name}: not valid JSON ({e})") from None
             return [model_dir / f for f in sorted(set(index["weight_map"].values()))]
     if (model_dir / "pytorch_model.bin").is_file():
         return [model_dir / "pytorch_model.bin"]
@@ -184,12 +188,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     for file in weight_files(resolve_model_dir(path)):
         if not file.is_file():
             raise CheckpointError(f"{file}: listed in the index but missing")
-        if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    state[key] = f.get_tensor(key)
-        else:
-            state.update(torch.load(file, map_location="cpu", weights_only=True))
+        try:
+            if file.suffix == ".safetensors":
+                with safe_open(str(file), framework="pt") as f:
+                    for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                        state[key] = f.get_tensor(key)
+            else:
+                state.update(torch.load(file, map_location="cpu", weights_only=True))
+        except (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
+            raise CheckpointError(f"{file}: unreadable, truncated or corrupt ({e})") from None
     return {k: v for k, v in state.items() if not k.endswith(IGNORED_KEYS_SUFFIXES)}
 
 

@@ -7,16 +7,27 @@ Layout::
     step<N>/model/       the model as an HF directory (model/checkpoint.py), if export_hf
     step<N>/state.json   step and the run's stateful parts by name: data position, spike windows, ...
     step<N>/rng-rank<R>.pt  RNG states per rank (loaded with weights_only=True)
+    step<N>/CHECKSUMS.json  size and sha256 of every file above, by relative path
     step<N>/COMPLETE     written last
 
 Everything is written into ``.step<N>.tmp/`` and renamed once complete, so a kill at any moment
 leaves either the previous checkpoint or the new one, never a partial one that counts. That holds
 for asynchronous saves too (``async_save``): a background thread writes a CPU copy of the state and
 renames the folder only once everything, ``COMPLETE`` last, is written.
+
+A complete checkpoint can still be damaged later (a disk error, a copy cut short, a stray write), so
+rank 0 hashes every file once all ranks' files are in ``.step<N>.tmp/``, and a resume checks the
+sizes and hashes first (``checkpoint_fault``; the ranks share the hashing there). SHA-256 because ``sha256sum`` can check a file by
+hand and because, with the SHA extensions of current x86 and ARM CPUs, it is among the fastest
+hashes: 1.4 GB/s per core measured on the development machine's AMD EPYC (blake2b 0.47, md5 0.58,
+crc32 2.0 GB/s). A 7B checkpoint (~85 GB of fp32 weights and AdamW moments) is a minute of one
+core; its files are hashed on up to ``HASH_THREADS`` threads, as fast as storage reads them (in the
+background for asynchronous saves).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -24,12 +35,13 @@ import re
 import shutil
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -38,10 +50,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from olmo2.model.checkpoint import save_state_dict
-from olmo2.train.distributed import DistEnv, barrier, unwrap
+from olmo2.model.checkpoint import CheckpointError, save_state_dict
+from olmo2.train.distributed import DistEnv, all_gather_object, barrier, unwrap
+from olmo2.train.monitor import log
 
 COMPLETE = "COMPLETE"
+CHECKSUMS = "CHECKSUMS.json"
+HASH_THREADS = 8
 STEP_DIR = re.compile(r"^step(\d+)$")
 
 
@@ -59,6 +74,55 @@ def complete_checkpoints(save_folder: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(save_folder: Path) -> Path | None:
     found = complete_checkpoints(save_folder)
     return found[-1][1] if found else None
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _hash_all(paths: list[Path]) -> list[str]:
+    """The sha256 of each file, on several threads (hashlib releases the GIL)."""
+    with ThreadPoolExecutor(min(HASH_THREADS, max(1, len(paths)))) as pool:
+        return list(pool.map(_sha256, paths))
+
+
+def file_checksums(folder: Path) -> dict[str, dict]:
+    """``{relative path: {"bytes": size, "sha256": hex}}`` of every file under ``folder``."""
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": digest}
+        for p, digest in zip(paths, _hash_all(paths), strict=True)
+    }
+
+
+def checkpoint_fault(path: Path, rank: int = 0, world_size: int = 1) -> str | None:
+    """What is wrong with checkpoint ``path``, naming the file, or None if every file listed in its
+    ``CHECKSUMS.json`` has its size and hash (a checkpoint written before checksums passes). Under
+    several ranks each checks the sizes of all files and hashes its share of them."""
+    listing = path / CHECKSUMS
+    if not listing.is_file():
+        return None
+    try:
+        expected = json.loads(listing.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"{listing}: not valid JSON ({e})"
+    if not isinstance(expected, dict) or not all(
+        isinstance(want, dict) and {"bytes", "sha256"} <= want.keys() for want in expected.values()
+    ):
+        return f"{listing}: not a listing of files with their bytes and sha256"
+    for rel, want in expected.items():
+        file = path / rel
+        if not file.is_file():
+            return f"{file} is missing"
+        size = file.stat().st_size
+        if size != want["bytes"]:
+            return f"{file} has {size} bytes, {want['bytes']} were written"
+    mine = list(expected)[rank::world_size]
+    for rel, digest in zip(mine, _hash_all([path / rel for rel in mine]), strict=True):
+        if digest != expected[rel]["sha256"]:
+            return f"{path / rel} has changed since it was written (sha256 mismatch)"
+    return None
 
 
 def _rng_state() -> dict:
@@ -111,17 +175,28 @@ class PendingCheckpoint:
 
 
 def _complete(save_folder: Path, tmp: Path, final: Path, step: int, state_json: str, keep_last: int) -> None:
-    """Rank 0, once every rank's files are in ``tmp``: state.json, COMPLETE, rename, prune."""
+    """Rank 0, once every rank's files are in ``tmp``: state.json, checksums, COMPLETE, rename, prune.
+
+    A ``step<N>`` already there is one a resume found damaged (it would have resumed from it
+    otherwise): it is kept as ``step<N>.damaged`` (``.damaged2``, ... if that exists). Pruning to ``keep_last`` counts only checkpoints up
+    to this one, so damaged later ones never push out the good ones.
+    """
     (tmp / "state.json").write_text(state_json)
+    (tmp / CHECKSUMS).write_text(json.dumps(file_checksums(tmp), indent=1) + "\n")
     with open(tmp / COMPLETE, "w") as f:
         f.write(f"step {step}\n")
         f.flush()
         os.fsync(f.fileno())
     if final.exists():
-        shutil.rmtree(final)
+        damaged, n = final.with_name(f"{final.name}.damaged"), 1
+        while damaged.exists():
+            n += 1
+            damaged = final.with_name(f"{final.name}.damaged{n}")
+        os.replace(final, damaged)
     os.replace(tmp, final)
     if keep_last > 0:
-        for _, old in complete_checkpoints(save_folder)[:-keep_last]:
+        upto_here = [path for s, path in complete_checkpoints(save_folder) if s <= step]
+        for old in upto_here[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
 
 
@@ -203,7 +278,14 @@ def save_checkpoint(
 
 
 def read_train_state(path: Path) -> dict:
-    return json.loads((path / "state.json").read_text())
+    """A checkpoint's ``state.json``; a missing or unreadable one is a ``CheckpointError`` naming it."""
+    file = path / "state.json"
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
 
 
 def load_checkpoint(path: Path, parts: dict, env: DistEnv, *, restore_rng: bool = True) -> dict:
@@ -226,6 +308,55 @@ def load_checkpoint(path: Path, parts: dict, env: DistEnv, *, restore_rng: bool 
     if restore_rng and rng.is_file():
         _set_rng_state(torch.load(rng, weights_only=True))
     return read_train_state(path)
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one short line; for DCP's ``CheckpointException``, the first rank's cause."""
+    if isinstance(error, CheckpointException) and error.failures:
+        error = next(iter(error.failures.values()))[0]
+    text = " ".join(str(error).split())[:400]
+    return text if isinstance(error, CheckpointError) else f"{type(error).__name__}: {text}"
+
+
+def _try_load(path: Path, parts: dict, env: DistEnv) -> tuple[dict | None, str | None]:
+    """``load_checkpoint`` on every rank: (its state, None), or (None, the first rank's fault) on all
+    ranks if it failed on any."""
+    state, fault = None, None
+    try:
+        state = load_checkpoint(path, parts, env)
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+        fault = _one_line(e)
+    faults = all_gather_object(fault)
+    bad = [f if len(faults) == 1 else f"rank {rank}: {f}" for rank, f in enumerate(faults) if f]
+    return (None, bad[0]) if bad else (state, None)
+
+
+def resume_checkpoint(
+    save_folder: Path, parts: dict, env: DistEnv, *, check: Callable[[Path], None] | None = None
+) -> tuple[Path, dict] | None:
+    """Load the latest complete checkpoint of ``save_folder`` that verifies (``checkpoint_fault``, the
+    ranks sharing the hashing and gathering the verdicts, so all decide alike) and loads on every
+    rank, falling back to the one before for each that does not (logged; nothing is deleted).
+    ``check(path)`` runs before loading and its errors propagate (e.g. a checkpoint of another model).
+    Returns (path, saved state), or None if there is no complete checkpoint; a ``CheckpointError``
+    naming every fault if none loads."""
+    faults = []
+    for _, path in reversed(complete_checkpoints(save_folder)):
+        verdicts = all_gather_object(checkpoint_fault(path, env.rank, env.world_size))
+        fault = next((f for f in verdicts if f is not None), None)
+        state = None
+        if fault is None:
+            if check is not None:
+                check(path)
+            state, fault = _try_load(path, parts, env)
+        if fault is None:
+            return path, state
+        if env.is_main:
+            log(f"checkpoint {path} is damaged, trying the one before: {fault}")
+        faults.append(f"{path}: {fault}")
+    if faults:
+        raise CheckpointError(f"no checkpoint in {save_folder} loads:\n  " + "\n  ".join(faults))
+    return None
 
 
 def load_model_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

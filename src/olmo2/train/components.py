@@ -8,12 +8,7 @@ import gc
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from olmo2.train.checkpoint import (
-    PendingCheckpoint,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from olmo2.train.checkpoint import PendingCheckpoint, resume_checkpoint, save_checkpoint
 from olmo2.train.config import CheckpointConfig
 from olmo2.train.distributed import DistEnv, background_group
 from olmo2.train.engine import Component, Trainer, check_finite_weights
@@ -23,7 +18,8 @@ from olmo2.train.monitor import MetricsLog, console_line, log
 class Checkpointer(Component):
     """``step<N>/`` checkpoints of the module's models and optimizers plus every stateful part of the
     run (``Trainer.state_dict``), every ``save_every`` steps and at the last one; resumes from the
-    latest complete one. A skipped step is never saved: the save waits for the next applied step.
+    latest complete one that verifies and loads (``resume_checkpoint``). A skipped step is never
+    saved: the save waits for the next applied step.
     """
 
     name = "checkpointer"
@@ -46,14 +42,13 @@ class Checkpointer(Component):
 
     def start(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        latest = latest_checkpoint(self.save_folder)
-        if latest is None:
+        found = resume_checkpoint(self.save_folder, trainer.module.parts(), self.env, check=self.check_resume)
+        if found is None:
             return
-        if self.check_resume is not None:
-            self.check_resume(latest)
-        state = load_checkpoint(latest, trainer.module.parts(), self.env)
+        path, state = found
         trainer.load_state_dict(state)
-        trainer.step, trainer.origin, trainer.last_saved = state["step"], f"resumed from {latest}", latest
+        trainer.step, trainer.origin, trainer.last_saved = state["step"], f"resumed from {path}", path
+        trainer.resumed_step = state["step"]
 
     def post_step(self, trainer: Trainer, record: dict) -> None:
         step = trainer.step

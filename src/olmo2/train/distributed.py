@@ -87,6 +87,15 @@ def broadcast_object(obj, src: int = 0):
     return obj
 
 
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
 def resolve_parallel(parallel: str, world_size: int) -> str:
     if parallel == "auto":
         return "fsdp" if world_size > 1 else "none"

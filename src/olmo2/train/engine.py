@@ -238,6 +238,7 @@ class Trainer:
     lr: float | None = None  # the last step's (peak-scaled) learning rate: a stage-2 hand-off reads it
     origin: str = "fresh start"
     last_saved: Path | None = None  # the latest complete checkpoint
+    resumed_step: int | None = None  # the step of the checkpoint the run resumed from
 
     def stateful(self) -> dict[str, Stateful]:
         """Everything but the models that a checkpoint's ``state.json`` holds, by name."""
@@ -309,10 +310,19 @@ class Trainer:
         batch = f" (last batch {record['batch_hash']})" if "batch_hash" in record else ""
         steps = f"{skips} consecutive steps" if skips > 1 else "1 step"
         where = "the last " if self.step == self.total_steps else ""
+        advice = (
+            f"The last good checkpoint is {self.last_saved or '(none yet)'}. Rerun the same command to "
+            "resume from it, e.g. with a lower optim.lr or schedule.warmup_steps."
+        )
+        if self.resumed_step is not None and self.step - skips == self.resumed_step:
+            advice = (
+                f"No step succeeded since resuming from {self.last_saved}: that checkpoint may be "
+                "damaged. Move it out of the run folder and rerun the same command to resume from the "
+                "one before."
+            )
         return TrainingHalted(
             f"stopped at step {self.step}: {where}{steps} {why}{batch}; no update was applied "
-            f"for them. The last good checkpoint is {self.last_saved or '(none yet)'}. Rerun the same "
-            "command to resume from it, e.g. with a lower optim.lr or schedule.warmup_steps."
+            f"for them. {advice}"
         )
 
 
