@@ -128,7 +128,7 @@ COMMANDS = {
         "stage 1 -> anneals over seeds -> soup -> eval -> report, resumable", "olmo2.recipe.runner:run_recipe",
         arg("--train", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",
             help="override applied to every training run (repeatable), e.g. --train run.max_steps=10"),
-        config=("olmo2.recipe.runner:load_recipe", "recipe YAML (configs/recipe/...)"),
+        config=("olmo2.recipe.config:load_recipe", "recipe YAML (configs/recipe/...)"),
         show=lambda summary: f"report: {summary['report']}"),
     "plot": command(
         "draw loss, grad-norm and LR curves of a run to PNG", "olmo2.train.plot:plot_run",
@@ -170,6 +170,7 @@ COMMANDS = {
             arg("--paper", action="store_true",
                 help="OLMo 2 1B/7B/13B/32B from the paper's recipes, next to its numbers"),
             arg("--size", help=SIZE),
+            arg("--recipe", metavar="RECIPE", help="recipe YAML: stage 1 + every anneal run, as it would run"),
             arg("--run", action="append", metavar="RUN_DIR", help="olmo2 train run folder; repeat to sum runs"))),
     "pareto": command(
         "plot score vs training FLOPs: the paper's models with their Pareto frontier, and your runs",

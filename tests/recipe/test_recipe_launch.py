@@ -8,15 +8,8 @@ import pytest
 import yaml
 
 from olmo2.config import ConfigError
-from olmo2.recipe.runner import (
-    LaunchConfig,
-    Recipe,
-    RecipeConfig,
-    RecipePostTrainConfig,
-    StageFailed,
-    load_recipe,
-    run_stage_command,
-)
+from olmo2.recipe.config import AnnealConfig, LaunchConfig, RecipeConfig, RecipePostTrainConfig, load_recipe
+from olmo2.recipe.runner import Recipe, StageFailed, run_stage_command
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -31,7 +24,7 @@ def _stage1_recipe(tmp_path: Path, train_config_dict) -> Path:
         "name": "tiny",
         "out": "unused",
         "stage1": {"config": str(tmp_path / "stage1.yaml")},
-        "anneal": {"config": "unused"},
+        "anneals": [{"config": "unused"}],
     }
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     return tmp_path / "recipe.yaml"
@@ -59,7 +52,7 @@ def test_stage1_under_torchrun_matches_the_in_process_run(tmp_path, train_config
 def test_launch_keys_are_validated_on_load(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(
-        yaml.safe_dump({"name": "x", "out": "o", "stage1": {"config": "c"}, "anneal": {"config": "c"}})
+        yaml.safe_dump({"name": "x", "out": "o", "stage1": {"config": "c"}, "anneals": [{"config": "c"}]})
     )
     assert load_recipe(path).launch == LaunchConfig(nproc_per_node=1, torchrun_args=[])
     with pytest.raises(ConfigError, match="launch.nproc_per_node must be at least 1, got 0"):
@@ -98,7 +91,7 @@ def test_posttrain_stages_are_launched_as_olmo2_commands(tmp_path, monkeypatch):
         name="tiny",
         out=str(tmp_path / "out"),
         stage1={"checkpoint": "unused"},
-        anneal={"config": "unused"},
+        anneals=[AnnealConfig(config="unused")],
         posttrain=RecipePostTrainConfig(sft="sft.yaml", dpo="dpo.yaml"),
         launch=LaunchConfig(nproc_per_node=4, torchrun_args=["--max_restarts=1"]),
     )

@@ -9,8 +9,9 @@ from olmo2.config import ConfigError
 from olmo2.model.checkpoint import save_model
 from olmo2.model.config import ModelConfig
 from olmo2.model.transformer import build_model
+from olmo2.recipe.config import AnnealConfig, RecipeConfig, RecipePostTrainConfig
 from olmo2.recipe.report import _posttrain_lines
-from olmo2.recipe.runner import Recipe, RecipeConfig, RecipePostTrainConfig
+from olmo2.recipe.runner import Recipe
 
 TINY = ModelConfig(d_model=32, n_layers=1, n_heads=2, mlp_hidden=64, max_seq_len=128)
 STAGES = {
@@ -36,7 +37,7 @@ def _recipe(tmp_path, stages=STAGES) -> Recipe:
         name="tiny",
         out=str(tmp_path / "out"),
         stage1={"checkpoint": "unused"},
-        anneal={"config": "unused"},
+        anneals=[AnnealConfig(config="unused")],
         posttrain=RecipePostTrainConfig(**{k: str(v) for k, v in paths.items()}, demo_data=True),
     )
     return Recipe(cfg)

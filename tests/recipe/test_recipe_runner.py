@@ -12,10 +12,14 @@ import torch
 import yaml
 
 from olmo2.model.checkpoint import read_state_dict
-from olmo2.recipe.runner import Recipe, load_recipe
+from olmo2.recipe.config import load_recipe
+from olmo2.recipe.runner import Recipe
+from olmo2.train.monitor import read_metrics
 
 
-def _recipe(tmp_path: Path, train_config, seeds=(1, 2)) -> Path:
+def _recipe(tmp_path: Path, train_config, seeds=(1, 2), long_anneal: bool = False) -> Path:
+    """Stage 1 (6 steps), anneals of 4 steps per seed and, with ``long_anneal``, a second entry
+    ``long`` of 6 steps (seed 1): the 13B/32B soup's shape (3 x 100B + 1 x 300B) in miniature."""
     stage1 = train_config(run={"max_steps": 6, "folder": "unused"})
     stage1["checkpoint"] = {"save_every": 2, "keep_last": 1}
     (tmp_path / "stage1.yaml").write_text(yaml.safe_dump(stage1))
@@ -23,11 +27,16 @@ def _recipe(tmp_path: Path, train_config, seeds=(1, 2)) -> Path:
     stage2["schedule"] = {"name": "linear", "warmup_steps": 0, "alpha_f": 0.0}
     stage2["checkpoint"] = {"save_every": 1, "keep_last": 1}
     (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(stage2))
+    anneals = [{"config": str(tmp_path / "stage2.yaml"), "seeds": list(seeds)}]
+    if long_anneal:
+        long = dict(stage2, run={"max_steps": 6, "folder": "unused"})
+        (tmp_path / "stage2-long.yaml").write_text(yaml.safe_dump(long))
+        anneals.append({"name": "long", "config": str(tmp_path / "stage2-long.yaml"), "seeds": [1]})
     recipe = {
         "name": "tiny",
         "out": str(tmp_path / "recipe"),
         "stage1": {"config": str(tmp_path / "stage1.yaml")},
-        "anneal": {"config": str(tmp_path / "stage2.yaml"), "seeds": list(seeds)},
+        "anneals": anneals,
         "eval": {
             "heldout": {"val": [str(tmp_path / "data/val/*.npy")]},
             "seq_len": 32,
@@ -40,11 +49,13 @@ def _recipe(tmp_path: Path, train_config, seeds=(1, 2)) -> Path:
 
 def test_recipe_runs_every_step_and_reports(tmp_path, monkeypatch, train_config_dict):
     monkeypatch.setattr("olmo2.recipe.runner._token_byte_lengths", lambda tok, size: torch.full((size,), 2.0))
-    summary = Recipe(load_recipe(_recipe(tmp_path, train_config_dict))).run()
+    summary = Recipe(load_recipe(_recipe(tmp_path, train_config_dict, long_anneal=True))).run()
     out = tmp_path / "recipe"
     assert sorted(p.stem for p in (out / ".done").glob("*.json")) == [
+        "anneal-long-seed1",
         "anneal-seed1",
         "anneal-seed2",
+        "eval-anneal-long-seed1",
         "eval-anneal-seed1",
         "eval-anneal-seed2",
         "eval-soup",
@@ -52,15 +63,18 @@ def test_recipe_runs_every_step_and_reports(tmp_path, monkeypatch, train_config_
         "soup",
         "stage1",
     ]
+    # Each anneal entry trains for its own budget.
+    assert len(read_metrics(out / "anneal-seed2")) == 4 and len(read_metrics(out / "anneal-long-seed1")) == 6
     # Anneals start from stage 1 at its final LR and decay to 0.
     stage1_last = json.loads((out / "stage1/metrics.jsonl").read_text().splitlines()[-1])
     anneal = [json.loads(x) for x in (out / "anneal-seed1/metrics.jsonl").read_text().splitlines()]
     assert anneal[0]["lr"] == pytest.approx(stage1_last["lr"] * 0.75) and anneal[-1]["lr"] == 0.0
-    # The soup is the mean of the two anneals.
+    # The soup is the mean of all three anneal runs, of both entries.
     a, b = (read_state_dict(out / f"anneal-seed{s}/step4") for s in (1, 2))
+    c = read_state_dict(out / "anneal-long-seed1/step6")
     soup = read_state_dict(out / "soup")
     key = "model.layers.0.mlp.up_proj.weight"
-    torch.testing.assert_close(soup[key], (a[key] + b[key]) / 2)
+    torch.testing.assert_close(soup[key], (a[key] + b[key] + c[key]) / 3)
     report = (out / "report.md").read_text()
     assert "Did annealing and souping help?" in report and "bpb/val" in report
     # Steps are listed in the order they ran (not alphabetically), then their total.

@@ -22,6 +22,8 @@ from olmo2.config import from_dict
 from olmo2.model.config import ModelConfig, preset
 from olmo2.model.spec import model_config
 from olmo2.model.transformer import count_params
+from olmo2.recipe.config import RecipeConfig, load_recipe
+from olmo2.train.config import TrainConfig, load_train_config
 
 SEQ_LEN = 4096  # every paper-scale run trains on 4096-token instances (spec §1.6)
 
@@ -93,20 +95,45 @@ def recipe_flops(
     return RecipeFlops(name or label, counts["total_params"], counts["non_embedding_params"], stages)
 
 
+def _planned_tokens(cfg: TrainConfig) -> float:
+    """The tokens a training config will train on: run.max_tokens, or run.max_steps full batches."""
+    if cfg.run.max_tokens is not None:
+        return float(cfg.run.max_tokens)
+    return float(cfg.run.max_steps * cfg.data.global_batch_size * cfg.data.seq_len)
+
+
+def recipe_config_flops(recipe: RecipeConfig) -> RecipeFlops:
+    """The 6·N·D that ``olmo2 recipe`` would spend: stage 1 and every anneal run (each seed of each
+    entry), their tokens read from the training configs as the recipe would load them."""
+    if recipe.stage1.config is None:
+        raise ValueError(
+            f"recipe {recipe.name}: stage 1 is an imported checkpoint, so its tokens are unknown; "
+            "count it with --size, --tokens and --anneal"
+        )
+    stage1 = load_train_config(recipe.stage1.config, recipe.stage1.overrides)
+    runs = [
+        (step, _planned_tokens(load_train_config(anneal.config, [*anneal.overrides, f"data.seed={seed}"])))
+        for step, seed, anneal in recipe.anneal_runs()
+    ]
+    rf = recipe_flops(stage1.model, _planned_tokens(stage1), [tokens for _, tokens in runs], name=recipe.name)
+    return RecipeFlops(rf.model, rf.n_params, rf.n_non_embedding, (rf.stages[0], *runs))
+
+
 def _tok(tokens: float) -> str:
     return f"{tokens / 1e12:.3f}T" if tokens >= 1e12 else f"{tokens / 1e9:.1f}B"
 
 
 def format_recipe(rf: RecipeFlops) -> str:
     """A small stage table with the total in the paper's unit (10²³ FLOPs)."""
+    width = max(10, *(len(stage) for stage, _ in rf.stages))
     lines = [
         f"{rf.model}: N = {rf.n_params:,} parameters (embeddings included; non-embedding {rf.n_non_embedding:,})",
-        f"{'stage':<10} {'tokens':>12} {'FLOPs':>11}",
+        f"{'stage':<{width}} {'tokens':>12} {'FLOPs':>11}",
     ]
     for stage, tokens in rf.stages:
-        lines.append(f"{stage:<10} {tokens:>12.4g} {training_flops(rf.n_params, tokens):>11.3e}")
+        lines.append(f"{stage:<{width}} {tokens:>12.4g} {training_flops(rf.n_params, tokens):>11.3e}")
     lines.append(
-        f"{'total':<10} {rf.tokens:>12.4g} {rf.flops:>11.3e}  = {rf.flops / 1e23:.2f} x 10^23 (6*N*D)"
+        f"{'total':<{width}} {rf.tokens:>12.4g} {rf.flops:>11.3e}  = {rf.flops / 1e23:.2f} x 10^23 (6*N*D)"
     )
     return "\n".join(lines)
 
@@ -274,6 +301,7 @@ def flops_report(
     paper: bool = False,
     size: str | None = None,
     run: Sequence[str | Path] | None = None,
+    recipe: str | Path | None = None,
     tokens: float | None = None,
     anneal: Sequence[float] | None = None,
     as_json: bool = False,
@@ -283,9 +311,13 @@ def flops_report(
 
     As a table or JSON (``as_json``), of the paper's recipes (``paper``), of a recipe for the model
     ``size`` (a preset, checkpoint dir or model YAML) with ``tokens`` of stage 1 and one ``anneal``
-    entry per anneal run, or of the training runs ``run`` and their sum."""
+    entry per anneal run, of a ``recipe`` YAML as ``olmo2 recipe`` would run it, or of the training
+    runs ``run`` and their sum."""
     if paper:
         return json.dumps(paper_results(), indent=2) if as_json else format_paper()
+    if recipe is not None:
+        rf = recipe_config_flops(load_recipe(recipe))
+        return json.dumps(rf.as_dict(), indent=2) if as_json else format_recipe(rf)
     if run:
         runs = [run_flops(r) for r in run]
         return json.dumps([r.as_dict() for r in runs], indent=2) if as_json else format_runs(runs)

@@ -20,7 +20,7 @@ def _flops(run_dir: str | None) -> float:
     return run_flops(run_dir).flops
 
 
-def _plot_losses(out: Path, stage1: dict, anneals: list[dict], seeds: list[int]) -> Path:
+def _plot_losses(out: Path, stage1: dict, anneals: list[dict], steps: list[str]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,11 +32,9 @@ def _plot_losses(out: Path, stage1: dict, anneals: list[dict], seeds: list[int])
         rec = read_metrics(stage1["run_dir"])
         ax.plot([r["tokens"] for r in rec], [r["loss"] for r in rec], lw=1, color="black", label="stage 1")
         offset = rec[-1]["tokens"]
-    for seed, run in zip(seeds, anneals, strict=True):
+    for step, run in zip(steps, anneals, strict=True):
         rec = read_metrics(run["run_dir"])
-        ax.plot(
-            [offset + r["tokens"] for r in rec], [r["loss"] for r in rec], lw=1, label=f"anneal seed {seed}"
-        )
+        ax.plot([offset + r["tokens"] for r in rec], [r["loss"] for r in rec], lw=1, label=step)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("training loss (CE per token)")
     ax.set_title("Stage 1 and the stage-2 anneals (different data mixes: compare within a curve)", fontsize=9)
@@ -155,15 +153,15 @@ def write_report(
     evals: dict,
     posttrain: dict[str, dict] | None = None,
 ) -> dict:
-    seeds = list(cfg.anneal.seeds)
+    steps = [step for step, _, _ in cfg.anneal_runs()]
     s1_flops = _flops(stage1.get("run_dir"))
     anneal_flops = [_flops(a["run_dir"]) for a in anneals]
     flops = {"stage1": s1_flops}
-    flops.update({f"anneal-seed{s}": s1_flops + f for s, f in zip(seeds, anneal_flops, strict=True)})
+    flops.update({step: s1_flops + f for step, f in zip(steps, anneal_flops, strict=True)})
     if soup is not None:
         flops["soup"] = s1_flops + sum(anneal_flops)  # every ingredient counts (spec §8)
     names, rows = _metric_rows(evals)
-    plots = [_plot_losses(out, stage1, anneals, seeds), _plot_metrics(out, names, rows)]
+    plots = [_plot_losses(out, stage1, anneals, steps), _plot_metrics(out, names, rows)]
 
     lines = [f"# Recipe report: {cfg.name}", ""]
     lines += ["## Did annealing and souping help?", ""]
@@ -183,8 +181,8 @@ def write_report(
         f"- stage 1: {s1_flops:.3g} FLOPs"
         + ("" if stage1.get("run_dir") else " (imported checkpoint: not counted)")
     )
-    for s, f in zip(seeds, anneal_flops, strict=True):
-        lines.append(f"- anneal seed {s}: {f:.3g} FLOPs")
+    for step, f in zip(steps, anneal_flops, strict=True):
+        lines.append(f"- {step}: {f:.3g} FLOPs")
     lines.append(f"- total, every stage and every anneal: {s1_flops + sum(anneal_flops):.3g} FLOPs")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p is not None]
     if posttrain:

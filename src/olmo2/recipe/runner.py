@@ -1,6 +1,6 @@
 """``olmo2 recipe RECIPE.yaml``: the OLMo 2 curriculum as one resumable pipeline (spec §5).
 
-    stage 1 ─▶ anneal × seeds (LR linear to 0 from the hand-off LR) ─▶ soup ─▶ eval of each
+    stage 1 ─▶ anneals × seeds (LR linear to 0 from the hand-off LR) ─▶ soup ─▶ eval of each
             ─▶ (optional) SFT ─▶ DPO ─▶ RLVR from the soup (spec §6) ─▶ report
 
 Every step writes a marker (``OUT/.done/<step>.json``) when it completes and is skipped when its
@@ -23,18 +23,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from olmo2.config import ConfigError, load_config
+from olmo2.config import ConfigError
 from olmo2.data.loader import ValidationLoader
 from olmo2.demo.corpus import build_demo_corpus
 from olmo2.demo.posttrain_data import write_demo_data
 from olmo2.eval.runner import run_eval
 from olmo2.model.checkpoint import load_model
 from olmo2.posttrain.stages import stage_functions
+from olmo2.recipe.config import AnnealConfig, RecipeConfig, RecipeEvalConfig
 from olmo2.recipe.report import write_report
 from olmo2.recipe.soup import soup_checkpoints
 from olmo2.tokenizer import load_tokenizer
@@ -42,102 +42,6 @@ from olmo2.train.checkpoint import latest_checkpoint, read_train_state
 from olmo2.train.config import load_train_config
 from olmo2.train.monitor import log
 from olmo2.train.trainer import heldout_sums, train
-
-
-@dataclass
-class StageOneConfig:
-    config: str | None = None  # training config for stage 1
-    overrides: list[str] = field(default_factory=list)
-    checkpoint: str | None = None  # or skip stage 1: an existing checkpoint (training step dir or HF dir)
-    lr: float | None = None  # the stage-1 LR at the hand-off, for an imported checkpoint
-
-    def __post_init__(self) -> None:
-        if (self.config is None) == (self.checkpoint is None):
-            raise ValueError("stage1: give exactly one of config (train it) and checkpoint (start from it)")
-
-
-@dataclass
-class AnnealConfig:
-    config: str  # training config for stage 2 (the recipe sets init.checkpoint, data.seed, optim.lr)
-    seeds: list[int] = field(default_factory=lambda: [42, 42069, 666])  # the 7B's (spec §5)
-    overrides: list[str] = field(default_factory=list)
-    lr: float | None = None  # None: the stage-1 LR at the hand-off, read from its checkpoint
-
-    def __post_init__(self) -> None:
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"anneal.seeds must be distinct and non-empty, got {self.seeds}")
-
-
-@dataclass
-class RecipeEvalConfig:
-    tasks: str = ""  # an `olmo2 eval` task spec (empty: none)
-    limit: int | None = None
-    heldout: dict[str, list[str]] = field(default_factory=dict)  # name -> validation token files
-    heldout_max_instances: int | None = 256
-    seq_len: int = 512
-    batch_size: int = 8
-
-
-@dataclass
-class RecipePostTrainConfig:
-    """OLMo 2-Instruct in miniature (spec §6): each given stage runs, in the order SFT → DPO → RLVR, on
-    the previous one's output, the first on the soup (else the last anneal). The recipe sets each
-    stage config's ``model`` and ``run.folder`` (under ``OUT/posttrain/``) and, with ``demo_data``, its
-    ``data``: the offline files of ``olmo2 posttrain-data``, written to ``OUT/posttrain/data``."""
-
-    sft: str | None = None  # `olmo2 sft` config
-    dpo: str | None = None  # `olmo2 dpo` config
-    rlvr: str | None = None  # `olmo2 rlvr` config
-    demo_data: bool = False
-
-    def stages(self) -> list[tuple[str, str]]:
-        return [(name, getattr(self, name)) for name in ("sft", "dpo", "rlvr") if getattr(self, name)]
-
-
-# torchrun options the runner sets itself (a recipe launches on this machine only)
-_RESERVED_TORCHRUN_ARGS = ("--standalone", "--nproc_per_node", "--nproc-per-node", "--nnodes")
-
-
-@dataclass
-class LaunchConfig:
-    """How the recipe runs its training steps (stage 1, anneals, SFT/DPO/RLVR). ``nproc_per_node``
-    1: in the recipe's own process, as ever. Above 1: each step as
-    ``python -m torch.distributed.run --standalone --nproc_per_node=N [torchrun_args] -m olmo2.cli
-    train|sft|dpo|rlvr CONFIG OVERRIDES``, i.e. N ranks (one per GPU) on this machine."""
-
-    nproc_per_node: int = 1
-    torchrun_args: list[str] = field(default_factory=list)  # more torchrun options, e.g. --max_restarts=1
-
-    def __post_init__(self) -> None:
-        if self.nproc_per_node < 1:
-            raise ValueError(f"launch.nproc_per_node must be at least 1, got {self.nproc_per_node}")
-        for arg in self.torchrun_args:
-            if not arg.startswith("-"):
-                raise ValueError(
-                    f"launch.torchrun_args: {arg!r} is not an option; give options as single items "
-                    "such as --max_restarts=1 (the program and its arguments are the recipe's)"
-                )
-            if arg.split("=", 1)[0] in _RESERVED_TORCHRUN_ARGS:
-                raise ValueError(
-                    f"launch.torchrun_args: {arg!r} is set by the recipe (--standalone, "
-                    "--nproc_per_node=launch.nproc_per_node); for several nodes use scripts/slurm/olmo2.sbatch"
-                )
-
-    def command(self, stage: str, config: str, overrides: list[str]) -> list[str]:
-        """The torchrun command line of one ``olmo2 STAGE CONFIG OVERRIDES`` run."""
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={self.nproc_per_node}",
-            *self.torchrun_args,
-            "-m",
-            "olmo2.cli",
-            stage,
-            str(config),
-            *overrides,
-        ]
 
 
 class StageFailed(RuntimeError):
@@ -182,21 +86,6 @@ def _last_json_object(lines: list[str]) -> dict | None:
 def _in_process_functions(stage: str) -> tuple[Callable, Callable]:
     """``(load_config(path, overrides), train(cfg) -> summary)`` of ``train``, ``sft``, ``dpo`` or ``rlvr``."""
     return (load_train_config, train) if stage == "train" else stage_functions(stage)
-
-
-@dataclass
-class RecipeConfig:
-    name: str
-    out: str
-    stage1: StageOneConfig
-    anneal: AnnealConfig
-    soup: bool = True
-    soup_weights: list[float] | None = None
-    eval: RecipeEvalConfig = field(default_factory=RecipeEvalConfig)
-    posttrain: RecipePostTrainConfig | None = None
-    demo_corpus: bool = False  # build the built-in demo corpus and expose it as ${OLMO2_DEMO_DATA}
-    variables: dict[str, str] = field(default_factory=dict)  # data.variables for every training run
-    launch: LaunchConfig = field(default_factory=LaunchConfig)  # in process, or torchrun per step
 
 
 class Recipe:
@@ -281,9 +170,9 @@ class Recipe:
             ),
         )
 
-    def handoff_lr(self, stage1: dict) -> float:
-        if self.cfg.anneal.lr is not None:
-            return self.cfg.anneal.lr
+    def handoff_lr(self, stage1: dict, anneal: AnnealConfig) -> float:
+        if anneal.lr is not None:
+            return anneal.lr
         state = Path(stage1["checkpoint"]) / "state.json"
         if state.is_file():
             saved = read_train_state(state.parent)
@@ -292,25 +181,20 @@ class Recipe:
             return float(stage1["lr"])
         raise ConfigError(
             f"{stage1['checkpoint']} has no training state to read the hand-off LR from; "
-            "set anneal.lr (or stage1.lr) to the stage-1 LR at that checkpoint"
+            "set the anneal's lr (or stage1.lr) to the stage-1 LR at that checkpoint"
         )
 
     def anneals(self, stage1: dict) -> list[dict]:
-        lr = self.handoff_lr(stage1)
         runs = []
-        for seed in self.cfg.anneal.seeds:
+        for step, seed, anneal in self.cfg.anneal_runs():
             extra = [
-                *self.cfg.anneal.overrides,
+                *anneal.overrides,
                 f"init.checkpoint={stage1['checkpoint']}",
                 f"data.seed={seed}",
-                f"optim.lr={lr}",
+                f"optim.lr={self.handoff_lr(stage1, anneal)}",
             ]
-            step, folder = f"anneal-seed{seed}", self.out / f"anneal-seed{seed}"
-            runs.append(
-                self.run_once(
-                    step, functools.partial(self._train, step, self.cfg.anneal.config, folder, extra)
-                )
-            )
+            work = functools.partial(self._train, step, anneal.config, self.out / step, extra)
+            runs.append(self.run_once(step, work))
         return runs
 
     def soup(self, anneals: list[dict]) -> dict | None:
@@ -368,12 +252,8 @@ class Recipe:
         anneals = self.anneals(stage1)
         soup = self.soup(anneals)
         checkpoints = {"stage1": stage1["checkpoint"]}
-        checkpoints.update(
-            {
-                f"anneal-seed{seed}": anneal["checkpoint"]
-                for seed, anneal in zip(self.cfg.anneal.seeds, anneals, strict=True)
-            }
-        )
+        steps = [step for step, _, _ in self.cfg.anneal_runs()]
+        checkpoints.update({step: run["checkpoint"] for step, run in zip(steps, anneals, strict=True)})
         if soup is not None:
             checkpoints["soup"] = soup["checkpoint"]
         evals = {name: self.evaluate(name, checkpoint) for name, checkpoint in checkpoints.items()}
@@ -413,10 +293,6 @@ def _token_byte_lengths(tokenizer, size: int):
         token = tokenizer.id_to_token(i)
         lengths[i] = len(added[i].content.encode("utf-8")) if i in added else len(token)
     return lengths
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:
-    return load_config(RecipeConfig, path, overrides)
 
 
 def run_recipe(cfg: RecipeConfig, train_overrides: list[str] | None = None) -> dict:
