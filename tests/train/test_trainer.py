@@ -301,6 +301,21 @@ def test_plot_writes_png(make_train_config, tmp_path, capsys):
     assert (tmp_path / "run" / "training.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # a torchrun launch of 2 ranks: 10-30 s on 2 busy cores
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
+def test_a_held_folder_fails_every_rank_under_torchrun(make_train_config, tmp_path, torchrun):
+    """Rank 0 alone takes the lock and shares its verdict: every rank exits with the refusal, none
+    waits for rank 0 in a collective."""
+    run = tmp_path / "run"
+    run.mkdir()
+    cmd = [*torchrun(2), "-m", "olmo2.cli", "train", str(make_train_config()), f"run.folder={run}"]
+    with hold_folder(run):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "rank 0: " in result.stderr and result.stderr.count("is in use by another run") >= 2
+    assert sorted(p.name for p in run.iterdir()) == []
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
 @pytest.mark.parametrize("parallel", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_two_processes_match_one(make_train_config, tmp_path, torchrun_train, assert_runs_match, parallel):

@@ -8,7 +8,8 @@ differ only when instances are loss-masked, and ours is the true mean over train
 
 A run folder holds ``config.yaml``, ``metrics.jsonl`` and ``step<N>/`` checkpoints (and
 ``tensorboard/`` or W&B files if enabled); starting a run whose folder has a complete checkpoint
-resumes from the latest one, exactly.
+resumes from the latest one, exactly. One run at a time holds the folder, and a refused start leaves
+it as it was (``olmo2.train.run_folder``).
 """
 
 from __future__ import annotations
