@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 
 import numpy as np
@@ -20,6 +21,7 @@ from olmo2.data.token_files import (
     read_tokens,
 )
 from olmo2.data.tokenize import CHECK_TEXTS, DocumentEncoder, TokenizeError, parse_shard, tokenize_documents
+from olmo2.folder_lock import FolderLocked, hold_folder
 from olmo2.tokenizer import load_tokenizer
 
 EOS = 100257
@@ -189,6 +191,63 @@ def test_rerun_skips_finished_outputs(tmp_path, tok, monkeypatch):
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before
     with pytest.raises(TokenFileError, match="other inputs or settings"):
         run([d], tmp_path / "out", tok, max_tokens_per_file=99)
+
+
+def test_an_edited_input_of_the_same_size_and_mtime_is_tokenized_again(tmp_path, tok, capfd):
+    d = corpus(tmp_path / "in")
+    first = run([d], tmp_path / "out", tok, max_tokens_per_file=100)
+    edited = d / "in1.jsonl"
+    stat, text = edited.stat(), edited.read_text()
+    edited.write_text(text.replace("Hello", "Jello"))  # same size; mtime set back: the sha256 tells
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert edited.stat().st_size == stat.st_size and edited.read_text() != text
+    again = run([d], tmp_path / "out", tok, max_tokens_per_file=100)
+    assert f"lists 1 input(s) changed since (size, mtime or content), e.g. {edited}" in capfd.readouterr().err
+    assert again.files_reused == 0 and again.files != first.files
+    assert dir_bytes(tmp_path / "out") == dir_bytes(
+        run([d], tmp_path / "clean", tok, max_tokens_per_file=100).out_dir
+    )
+
+
+def test_a_manifest_without_input_fingerprints_is_tokenized_again(tmp_path, tok, capfd):
+    d = corpus(tmp_path / "in", files=1)
+    first = run([d], tmp_path / "out", tok)
+    path = tmp_path / "out" / "manifest.json"
+    m = json.loads(path.read_text())  # as olmo2 wrote it before fingerprints: sizes in the fingerprint
+    m["version"] = 1
+    m["fingerprint"]["inputs"] = [[i["path"], i["bytes"]] for i in m["inputs"]]
+    for entry in m["inputs"]:
+        del entry["mtime_ns"], entry["sha256"]
+    path.write_text(json.dumps(m))
+    again = run([d], tmp_path / "out", tok)
+    assert (
+        "was written before olmo2 recorded input fingerprints: tokenizing shard 0 again"
+        in capfd.readouterr().err
+    )
+    assert again.files_reused == 0 and again.files == first.files
+    assert json.loads(path.read_text())["version"] == 2
+
+
+def test_a_large_inputs_fingerprint_samples_blocks_first_and_last_included(tmp_path):
+    big = tmp_path / "big.jsonl"
+    data = bytearray(b"x" * (3 << 20))  # over 1 MiB: 16 blocks of 64 KiB are hashed, not the file
+    big.write_bytes(data)
+    seen = {tk._input_entry(str(big))["sha256"]}
+    for offset in (0, len(data) - 1):
+        big.write_bytes(data[:offset] + b"y" + data[offset + 1 :])
+        seen.add(tk._input_entry(str(big))["sha256"])
+    assert len(seen) == 3
+
+
+def test_a_shard_being_tokenized_is_refused_to_a_second_run(tmp_path, tok):
+    d = corpus(tmp_path / "in", files=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    with hold_folder(out, ".olmo2-shard-00000.lock"):
+        with pytest.raises(FolderLocked, match=f"{out} is in use by another run \\(pid {os.getpid()} "):
+            run([d], out, tok, shard=(0, 2))
+        assert run([d], out, tok, shard=(1, 2)).files  # another shard into the same folder goes on
+    assert not list(out.glob("manifest-00000-*"))
 
 
 def test_output_inside_the_input_directory_is_not_an_input(tmp_path, tok):

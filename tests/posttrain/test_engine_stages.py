@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from olmo2.folder_lock import FolderLocked, hold_folder
 from olmo2.model.checkpoint import read_state_dict, save_model
 from olmo2.model.config import ModelConfig
 from olmo2.model.transformer import build_model
@@ -221,6 +222,29 @@ def test_a_missing_model_or_too_many_ranks_fail_before_any_work(stages, tmp_path
     ):
         train(load(config, [f"run.folder={tmp_path}/b"]))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_held_or_refused_stage_folder_stays_as_it_was(stages, tmp_path):
+    """A second run while the first holds the folder, and a start refused for its data, change no byte
+    of the first run's files (config.yaml, data_report.json); a refused new folder is removed."""
+    config = _config(tmp_path, "sft", stages["sft"])
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "data_report.json", "metrics.jsonl"):  # the first run's
+        (run / name).write_text(f"the first run's {name}\n")
+    before = _files(run)
+    with hold_folder(run), pytest.raises(FolderLocked, match=f"pid {os.getpid()} on "):
+        _run_here("sft", config, f"run.folder={run}", "run.max_steps=1")
+    assert _files(run) == before
+    unusable = _jsonl(tmp_path / "unusable.jsonl", [{"messages": []}])
+    for folder in (run, tmp_path / "new" / "run"):
+        with pytest.raises(ValueError, match="no usable sft records"):
+            _run_here("sft", config, f"run.folder={folder}", f"data={unusable}")
+    assert _files(run) == before and not (tmp_path / "new").exists()
 
 
 def test_strict_makes_a_bad_record_an_error_naming_its_line(stages, tmp_path):

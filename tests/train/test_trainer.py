@@ -16,6 +16,7 @@ import yaml
 
 from olmo2.cli import main
 from olmo2.data.token_files import count_tokens, write_json_atomic
+from olmo2.folder_lock import FolderLocked, hold_folder
 from olmo2.model.checkpoint import load_model, read_state_dict
 from olmo2.train.config import TrainConfig, load_train_config
 from olmo2.train.trainer import TrainingHalted, train
@@ -173,6 +174,28 @@ def test_bad_config_fails_before_work(make_train_config, capsys, tmp_path):
     assert "runtime.cpu_malloc_mmap_threshold_mib must be in [0, 32]" in capsys.readouterr().err
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_held_or_refused_run_folder_stays_as_it_was(make_train_config, tmp_path):
+    """A second run while the first holds the folder, and a resume refused for another model, change
+    no byte of the first run's files (config.yaml included); the refused run's folder had existed."""
+    path = make_train_config()
+    first = ["run.max_steps=3", "checkpoint.save_every=3"]
+    train(load_train_config(path, first))
+    run = tmp_path / "run"
+    before = _files(run)
+    assert "config.yaml" in before and "metrics.jsonl" in before and "step3/COMPLETE" in before
+    with hold_folder(run):  # the first run, still going (this process holds the lock by another fd)
+        with pytest.raises(FolderLocked, match=rf"{run} is in use by another run \(pid {os.getpid()} on "):
+            train(load_train_config(path, ["run.max_steps=4"]))
+        assert _files(run).keys() == {*before, ".olmo2.lock"}
+    with pytest.raises(ValueError, match="holds a checkpoint of another model"):
+        train(load_train_config(path, ["model.d_model=32", "run.max_steps=4"]))
+    assert _files(run) == before
+
+
 def _tokenized_config(make_train_config, tmp_path, directory: str = "", **changed) -> TrainConfig:
     """Two sources (``train``, ``code``) and held-out ``val``, each with the manifest ``olmo2 tokenize``
     writes for the config's model; ``directory``'s manifest gets the ``changed`` keys."""
@@ -237,7 +260,7 @@ def test_a_manifest_for_another_model_fails_before_step_1(
     cfg = _tokenized_config(make_train_config, tmp_path, directory, **changed)
     with pytest.raises(ValueError, match=message):
         train(cfg)
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not (tmp_path / "run").exists()  # the refused start removed the folder it had made
 
 
 def test_matching_manifests_and_raw_token_files_train(make_train_config, tmp_path, capsys):
@@ -276,6 +299,21 @@ def test_plot_writes_png(make_train_config, tmp_path, capsys):
     train(load_train_config(make_train_config(), ["run.max_steps=3"]))
     assert main(["plot", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "training.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow  # a torchrun launch of 2 ranks: 10-30 s on 2 busy cores
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
+def test_a_held_folder_fails_every_rank_under_torchrun(make_train_config, tmp_path, torchrun):
+    """Rank 0 alone takes the lock and shares its verdict: every rank exits with the refusal, none
+    waits for rank 0 in a collective."""
+    run = tmp_path / "run"
+    run.mkdir()
+    cmd = [*torchrun(2), "-m", "olmo2.cli", "train", str(make_train_config()), f"run.folder={run}"]
+    with hold_folder(run):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "rank 0: " in result.stderr and result.stderr.count("is in use by another run") >= 2
+    assert sorted(p.name for p in run.iterdir()) == []
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")

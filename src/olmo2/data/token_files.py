@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ __all__ = [
 DTYPE = np.dtype("<u4")
 EOS_TOKEN_ID = 100257
 MANIFEST_FORMAT = "olmo2.token-files"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: inputs carry mtime_ns and sha256, and the fingerprint no sizes
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -405,11 +406,16 @@ def manifest_totals(m: dict) -> dict:
     }
 
 
-def open_checkpoint(out_dir: Path, shard: tuple[int, int], fingerprint: dict) -> dict | None:
+def open_checkpoint(
+    out_dir: Path, shard: tuple[int, int], fingerprint: dict, inputs: list[dict]
+) -> dict | None:
     """A shard's manifest to resume from (None: start afresh), refusing directories of other jobs.
 
-    Another job is: a manifest with another shard count, a manifest of this shard for other inputs or
-    settings (``fingerprint``), or part files of this shard without a manifest.
+    Another job is: a manifest with another shard count, a manifest of this shard for other input
+    paths or settings (``fingerprint``), or part files of this shard without a manifest. The same
+    job whose inputs changed since (``inputs``: ``path``, ``bytes``, ``mtime_ns``, ``sha256`` of each,
+    as ``_input_entry`` records them), or whose manifest predates those fingerprints, starts afresh:
+    this shard's files are deleted, with a note on stderr.
     """
     mine = out_dir / manifest_name(*shard)
     for p in _manifest_files(out_dir):
@@ -425,11 +431,37 @@ def open_checkpoint(out_dir: Path, shard: tuple[int, int], fingerprint: dict) ->
             )
         return None
     m = json.loads(mine.read_text(encoding="utf-8"))
-    if m.get("fingerprint") != fingerprint:
+    old = m.get("version", 1) < 2  # before input fingerprints: its fingerprint held the sizes instead
+    settings = ("tokenizer", "max_tokens_per_file", "chunk_bytes", "eos_token_id")
+    same_job = (
+        [i["path"] for i in m["inputs"]] == fingerprint["inputs"]
+        and all(m["fingerprint"].get(k) == fingerprint[k] for k in settings)
+        if old
+        else m.get("fingerprint") == fingerprint
+    )
+    if not same_job:
         raise TokenFileError(
-            f"{mine} was written for other inputs or settings (input files and sizes, tokenizer, "
-            "max tokens per file); use another output directory or delete it"
+            f"{mine} was written for other inputs or settings (input files, tokenizer, max tokens per "
+            "file); use another output directory or delete it"
         )
+    keys = ("bytes", "mtime_ns", "sha256")
+    changed = [
+        new["path"]
+        for was, new in zip(m["inputs"], inputs, strict=True)
+        if old or any(was.get(k) != new[k] for k in keys)
+    ]
+    if changed:
+        why = (
+            "was written before olmo2 recorded input fingerprints"
+            if old
+            else f"lists {len(changed)} input(s) changed since (size, mtime or content), e.g. {changed[0]}"
+        )
+        print(f"{mine} {why}: tokenizing shard {shard[0]} again", file=sys.stderr, flush=True)
+        for pattern in (f"part-{shard[0]:05d}-*.npy", f"part-{shard[0]:05d}-*.csv.gz"):
+            for p in out_dir.glob(pattern):
+                p.unlink()
+        mine.unlink()  # last: a re-run after a kill in between finds the same manifest and goes on
+        return None
     for f in m["files"]:
         p = out_dir / f["name"]
         if not p.is_file() or p.stat().st_size != f["tokens"] * DTYPE.itemsize:

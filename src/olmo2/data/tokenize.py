@@ -37,6 +37,7 @@ from olmo2.data.token_files import (
     open_checkpoint,
     read_tokens,
 )
+from olmo2.folder_lock import hold_folder
 from olmo2.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
@@ -52,6 +53,7 @@ DEFAULT_MAX_TOKENS_PER_FILE = 1 << 28  # 1 GiB of uint32 per file
 DEFAULT_CHUNK_BYTES = 64 << 20
 MAX_EXAMPLES = 10  # skipped-record locations kept for the report and manifest
 _BATCH_CHARS, _BATCH_DOCS = 1 << 20, 1024
+_SAMPLE_BLOCKS, _SAMPLE_BYTES = 16, 64 << 10  # an input's fingerprint reads at most 1 MiB of it
 
 
 class TokenizeError(ValueError):
@@ -467,9 +469,9 @@ def tokenize_documents(
     out = Path(out_dir)
     inside = os.path.realpath(out) + os.sep  # an output directory inside an input directory is no input
     everything = [path for path in find_inputs(inputs) if not os.path.realpath(path).startswith(inside)]
-    sizes_all = [os.path.getsize(path) if os.path.isfile(path) else 0 for path in everything]
-    listing = json.dumps([everything, sizes_all]).encode()
-    paths, sizes = everything[shard[0] :: shard[1]], sizes_all[shard[0] :: shard[1]]
+    listing = json.dumps(everything).encode()
+    paths = everything[shard[0] :: shard[1]]
+    entries = [_input_entry(path) for path in paths]
     tokenizer_json, eos_token_id, tokenizer_origin, hf_tokenizer = _tokenizer_source(tokenizer)
     tokenizer_sha = hashlib.sha256(tokenizer_json.encode("utf-8")).hexdigest()
     settings = {
@@ -478,42 +480,43 @@ def tokenize_documents(
         "eos_token_id": eos_token_id,
     }
     fingerprint = {
-        "inputs": [[path, size] for path, size in zip(paths, sizes, strict=True)],
+        "inputs": paths,  # their contents are in the manifest's inputs; a change re-tokenizes (open_checkpoint)
         # Every shard must see the same input list, or shards overlap and miss files: read_manifest checks.
         "all_inputs_sha256": hashlib.sha256(listing).hexdigest(),
         "tokenizer": tokenizer_sha,
         **settings,
     }
     out.mkdir(parents=True, exist_ok=True)
-    manifest = open_checkpoint(out, shard, fingerprint)
-    reused = len(manifest["files"]) if manifest else 0
-    if manifest is None or not manifest["complete"]:
-        # the equality self-check runs here
-        encoder = DocumentEncoder(tokenizer_json, eos_token_id, backend=backend, hf=hf_tokenizer)
-        if manifest is None:
-            manifest = {
-                "format": MANIFEST_FORMAT,
-                "version": MANIFEST_VERSION,
-                "dtype": DTYPE.name,
-                "bos_token_id": None,
-                **settings,
-                "tokenizer": {
-                    "sha256": tokenizer_sha,
-                    "source": tokenizer_origin,
-                    "vocab_size": hf_tokenizer.get_vocab_size(with_added_tokens=True),
-                },
-                "backend": encoder.backend,
-                "shard": list(shard),
-                "fingerprint": fingerprint,
-                "complete": False,
-                "resume": {"unit": 0, "document": 0},
-                "files": [],
-                "inputs": [_input_entry(path, size) for path, size in zip(paths, sizes, strict=True)],
-                "examples": [],
-                "totals": {},
-            }
-        writer = TokenDirWriter(out, shard, manifest, max_tokens_per_file)
-        _write_token_files(writer, paths, chunk_bytes, workers, encoder, strict, progress)
+    with hold_folder(out, f".olmo2-shard-{shard[0]:05d}.lock"):  # per shard: shards may share a folder
+        manifest = open_checkpoint(out, shard, fingerprint, entries)
+        reused = len(manifest["files"]) if manifest else 0
+        if manifest is None or not manifest["complete"]:
+            # the equality self-check runs here
+            encoder = DocumentEncoder(tokenizer_json, eos_token_id, backend=backend, hf=hf_tokenizer)
+            if manifest is None:
+                manifest = {
+                    "format": MANIFEST_FORMAT,
+                    "version": MANIFEST_VERSION,
+                    "dtype": DTYPE.name,
+                    "bos_token_id": None,
+                    **settings,
+                    "tokenizer": {
+                        "sha256": tokenizer_sha,
+                        "source": tokenizer_origin,
+                        "vocab_size": hf_tokenizer.get_vocab_size(with_added_tokens=True),
+                    },
+                    "backend": encoder.backend,
+                    "shard": list(shard),
+                    "fingerprint": fingerprint,
+                    "complete": False,
+                    "resume": {"unit": 0, "document": 0},
+                    "files": [],
+                    "inputs": entries,
+                    "examples": [],
+                    "totals": {},
+                }
+            writer = TokenDirWriter(out, shard, manifest, max_tokens_per_file)
+            _write_token_files(writer, paths, chunk_bytes, workers, encoder, strict, progress)
 
     totals = manifest["totals"]
     return TokenizeReport(
@@ -537,9 +540,34 @@ def tokenize_documents(
     )
 
 
-def _input_entry(path: str, size: int) -> dict:
+def _input_entry(path: str) -> dict:
+    """An input's manifest entry: its fingerprint (``bytes``, ``mtime_ns``, ``sha256``) and zeroed counts.
+
+    ``sha256`` covers the whole file up to 1 MiB, else 16 evenly spaced 64 KiB blocks (the first and
+    last included): a re-run of a finished job then reads 1 MiB per input, not the corpus again. An
+    edit that keeps the size, the mtime and every sampled block is not seen (delete the manifest).
+    """
+    stat = os.stat(path)
+    digest = hashlib.sha256()
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            if stat.st_size <= _SAMPLE_BLOCKS * _SAMPLE_BYTES:
+                digest.update(f.read())
+            else:
+                last = stat.st_size - _SAMPLE_BYTES
+                for k in range(_SAMPLE_BLOCKS):
+                    f.seek(last * k // (_SAMPLE_BLOCKS - 1))
+                    digest.update(f.read(_SAMPLE_BYTES))
     zero = dict.fromkeys(("chunks", "lines", "documents_read", "documents_written", "tokens"), 0)
-    return {"path": path, "bytes": size, **zero, "skipped": {}, "errors": []}
+    return {
+        "path": path,
+        "bytes": stat.st_size if os.path.isfile(path) else 0,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256": digest.hexdigest(),
+        **zero,
+        "skipped": {},
+        "errors": [],
+    }
 
 
 def _write_token_files(

@@ -51,6 +51,7 @@ from olmo2.train.distributed import (
 from olmo2.train.engine import SpikeGuard, Trainer, TrainModule, log_main, rank_slice
 from olmo2.train.monitor import read_metrics
 from olmo2.train.optim import OptimConfig
+from olmo2.train.run_folder import RunFolder, hold_run_folder
 from olmo2.train.runtime import build_parallel_model, choose_precision
 from olmo2.train.schedule import ScheduleConfig
 from olmo2.train.tracking import open_sinks
@@ -244,6 +245,7 @@ class StageRun:
     dtype: torch.dtype
     peak_flops: float
     out: Path
+    folder: RunFolder  # held for the run; writes config.yaml and data_report.json once it started
 
     def log(self, message: str) -> None:
         log_main(self.env, message)
@@ -256,7 +258,7 @@ class StageRun:
         """The usable records of ``cfg.data`` by ``load(paths, tokenizer, strict=..., **kwargs)``; what it
         read, used and skipped goes to ``data_report.json`` and the console; none usable is an error."""
         records, report = load(self.cfg.data, self.tok, strict=self.cfg.strict, **kwargs)
-        self.write_json("data_report.json", {kind: report.to_dict()})
+        self.folder.on_start(lambda: self.write_json("data_report.json", {kind: report.to_dict()}))
         if not records:
             raise ValueError(f"no usable {kind} records in {self.cfg.data}: {report.summary()}")
         self.log(report.summary())
@@ -278,7 +280,8 @@ class StageRun:
 @contextlib.contextmanager
 def stage_run(cfg: PostTrainConfig) -> Iterator[StageRun]:
     """Check the input model and the rank count, join the ranks (``torchrun``) or run alone, seed,
-    load the tokenizer, choose the precision, write ``config.yaml``; leave the process group when done.
+    load the tokenizer, choose the precision, hold ``run.folder`` (``olmo2.train.run_folder``: its
+    ``config.yaml`` is written once ``fit_stage`` has started); leave the process group when done.
     A bad ``model`` or ``batch_size`` fails here, naming the key, before any work."""
     try:
         resolve_model_dir(cfg.model)
@@ -298,11 +301,11 @@ def stage_run(cfg: PostTrainConfig) -> Iterator[StageRun]:
         tok = load_tokenizer(cfg.tokenizer)
         dtype, peak = choose_precision(cfg.runtime.precision, env.device)
         out = Path(cfg.run.folder)
-        if env.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        barrier()
-        yield StageRun(cfg, env, tok, dtype, peak, out)
+        with hold_run_folder(out, env) as folder:
+            folder.on_start(
+                lambda: (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            )
+            yield StageRun(cfg, env, tok, dtype, peak, out, folder)
     finally:
         barrier()
         if env.owns_process_group:
@@ -353,6 +356,7 @@ def fit_stage(run: StageRun, module: TrainModule, data: GlobalBatches, total_ste
                 ),
             ),
             GarbageCollection(cfg.runtime.gc_every),
+            run.folder,  # last: config.yaml once everything else has started
         ],
         checkpointer=Checkpointer(
             run.out,

@@ -8,7 +8,8 @@ differ only when instances are loss-masked, and ours is the true mean over train
 
 A run folder holds ``config.yaml``, ``metrics.jsonl`` and ``step<N>/`` checkpoints (and
 ``tensorboard/`` or W&B files if enabled); starting a run whose folder has a complete checkpoint
-resumes from the latest one, exactly.
+resumes from the latest one, exactly. One run at a time holds the folder, and a refused start leaves
+it as it was (``olmo2.train.run_folder``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from olmo2.train.engine import (
     global_count,
 )
 from olmo2.train.monitor import flops_per_token, log
+from olmo2.train.run_folder import hold_run_folder
 from olmo2.train.runtime import autocast, build_parallel_model, choose_precision, sync_gradients
 from olmo2.train.schedule import lr_factor
 from olmo2.train.tracking import open_sinks
@@ -211,10 +213,18 @@ def train(cfg: TrainConfig) -> dict:
     if env.device.type == "cpu" and cfg.runtime.cpu_malloc_mmap_threshold_mib:
         set_malloc_mmap_threshold(cfg.runtime.cpu_malloc_mmap_threshold_mib)
     save_folder = Path(cfg.run.folder)
-    if env.is_main:
-        save_folder.mkdir(parents=True, exist_ok=True)
-        save_train_config(cfg, save_folder / "config.yaml")
     try:
+        return _train_in(cfg, env, save_folder)
+    finally:
+        barrier()
+        if env.owns_process_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train_in(cfg: TrainConfig, env: DistEnv, save_folder: Path) -> dict:
+    """``train`` once the ranks are joined: hold the run folder, check, restore or start, train."""
+    with hold_run_folder(save_folder, env) as run_folder:
+        run_folder.on_start(lambda: save_train_config(cfg, save_folder / "config.yaml"))
         mix = resolve_mix(load_mix_config(cfg.data.mix), cfg.data.seq_len, cfg.data.variables)
         _check_manifests(cfg, mix, env)
         loader = TrainLoader(
@@ -265,6 +275,7 @@ def train(cfg: TrainConfig) -> dict:
                 world_size=env.world_size,
             )
             components.insert(0, HeldoutEval(lambda: module.heldout_loss(val_loader), cfg.run.eval_every))
+        components.append(run_folder)  # last: config.yaml once everything else has started
         spikes = cfg.spikes
         trainer = Trainer(
             module,
@@ -286,7 +297,3 @@ def train(cfg: TrainConfig) -> dict:
             cfg.optim.lr * lr_factor(cfg.schedule, trainer.step, total_steps) if trainer.step else 0.0
         )
         return summary
-    finally:
-        barrier()
-        if env.owns_process_group:
-            torch.distributed.destroy_process_group()
