@@ -350,17 +350,50 @@ def test_peak_flops_is_the_best_timed_matmul(monkeypatch):
     assert peak == pytest.approx(2 * 64**3 / 0.1)
 
 
-def test_precision_and_peak_are_measured_once_per_process(monkeypatch):
-    """Each run of a recipe or a test session would otherwise spend a second of matmuls on the peak."""
+def test_precision_and_peak_are_measured_once_per_machine(monkeypatch, tmp_path):
+    """The first process measures and keeps the peaks and the ``auto`` choice in the cache directory;
+    a later process (here: after clearing the per-process cache) reuses them without a matmul."""
     from olmo2.train import runtime
 
     calls = []
-    monkeypatch.setattr(runtime, "measure_peak_flops", lambda *args, **kwargs: calls.append(args) or 1e9)
-    runtime.choose_precision.cache_clear()
+
+    def measure(device, dtype, size=2048, repeats=3):
+        calls.append((dtype, size))
+        return {torch.float32: 1e9, torch.bfloat16: 4e9}[dtype]
+
+    monkeypatch.setenv("OLMO2_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(runtime, "measure_peak_flops", measure)
     device = torch.device("cpu")
+    runtime.choose_precision.cache_clear()
     try:
+        assert runtime.choose_precision("auto", device) == (torch.bfloat16, 4e9)
+        assert calls == [(torch.bfloat16, 256), (torch.float32, 2048), (torch.bfloat16, 1024)]
+        cached = json.loads((tmp_path / "precision.json").read_text())
+        (key, entry), = cached.items()
+        assert key.startswith("cpu: ") and f"torch {torch.__version__}" in key
+        assert entry == {"float32": 1e9, "bfloat16": 4e9, "auto": "bfloat16"}
+        runtime.choose_precision.cache_clear()  # a fresh process
+        calls.clear()
+        assert runtime.choose_precision("auto", device) == (torch.bfloat16, 4e9)
         assert runtime.choose_precision("fp32", device) == (torch.float32, 1e9)
-        assert runtime.choose_precision("fp32", device) == (torch.float32, 1e9)
-        assert calls == [(device, torch.float32)]
+        assert calls == []
+        (tmp_path / "precision.json").write_text("{not json")  # a damaged cache is measured again
+        runtime.choose_precision.cache_clear()
+        assert runtime.choose_precision("fp32", device) == (torch.float32, 1e9) and calls
     finally:
-        runtime.choose_precision.cache_clear()  # later runs measure the real peak
+        runtime.choose_precision.cache_clear()  # later runs use the real measurement
+
+
+@pytest.mark.slow
+def test_auto_precision_is_the_same_in_ten_fresh_processes(tmp_path):
+    """Real measurements: the first process decides, the nine after it read the same answer."""
+    code = (
+        "import torch; from olmo2.train.runtime import choose_precision; "
+        "print(choose_precision('auto', torch.device('cpu'))[0])"
+    )
+    env = {**os.environ, "OLMO2_CACHE_DIR": str(tmp_path)}
+    answers = [
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+        for _ in range(10)
+    ]
+    assert len(set(answers)) == 1 and answers[0].strip() in ("torch.float32", "torch.bfloat16")

@@ -5,33 +5,98 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from olmo2.assets import cache_dir
 from olmo2.train.distributed import DistEnv, parallelize
-from olmo2.train.monitor import measure_peak_flops
+from olmo2.train.monitor import log, measure_peak_flops
+
+PRECISION_CACHE = "precision.json"  # in the cache directory: {machine key: measured peaks and choice}
+
+
+def _machine_key(device: torch.device) -> str:
+    """What the measurement depends on: the CPU (or GPU) model, torch's version and its thread count."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        name = names[0] if names else platform.processor() or platform.machine()
+    return f"{device.type}: {name} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def _read_precision_cache(path: Path) -> dict:
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent or damaged: measure again
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def _write_precision_cache(path: Path, key: str, entry: dict) -> None:
+    """Add ``entry`` under ``key``, atomically (parallel processes may write at once; the last wins)."""
+    with contextlib.suppress(OSError):  # a read-only cache only costs a measurement per process
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cached = _read_precision_cache(path)
+        cached[key] = entry
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(cached, f, indent=2)
+        os.replace(tmp, path)
+
+
+def _choose_auto(device: torch.device, peak) -> torch.dtype:
+    """bf16 where its matmuls are clearly faster than fp32's (matrix units: AMX, tensor cores)."""
+    if device.type == "cuda":
+        return torch.bfloat16
+    # A small probe first: without bf16 matrix units (AVX2-only CPUs) a 1024^2 bf16 matmul takes
+    # seconds, and bf16 is then several times slower than fp32 even at 256^2.
+    if measure_peak_flops(device, torch.bfloat16, size=256, repeats=1) < peak(torch.float32):
+        return torch.float32
+    return torch.bfloat16 if peak(torch.bfloat16) > 1.5 * peak(torch.float32) else torch.float32
 
 
 @functools.cache
 def choose_precision(requested: str, device: torch.device) -> tuple[torch.dtype, float]:
     """(compute dtype, its measured matmul peak). ``auto``: bf16 where it is clearly faster than fp32.
 
-    Measured once per process and device (about a second of matmuls on a CPU): a process that runs
-    several stages (a recipe, a test session) reuses the first answer."""
+    Measured once per machine: the peaks and the ``auto`` choice are kept in ``precision.json`` in
+    the cache directory under the CPU/GPU model, torch version and thread count, so every process on
+    a machine decides alike (a fresh measurement on a busy machine could tip the other way) and
+    starts without a second of matmuls. Delete the file to measure again."""
+    path = cache_dir() / PRECISION_CACHE
+    key = _machine_key(device)
+    entry = dict(_read_precision_cache(path).get(key, {}))
+    known = dict(entry)
+
+    def peak(dtype: torch.dtype) -> float:
+        name = str(dtype).removeprefix("torch.")
+        if name not in entry:
+            entry[name] = measure_peak_flops(device, dtype, size=1024 if dtype == torch.bfloat16 else 2048)
+        return entry[name]
+
     if requested == "fp32":
-        return torch.float32, measure_peak_flops(device, torch.float32)
-    if requested == "bf16":
-        return torch.bfloat16, measure_peak_flops(device, torch.bfloat16)
-    fp32 = measure_peak_flops(device, torch.float32)
-    if device.type == "cuda":
-        return torch.bfloat16, measure_peak_flops(device, torch.bfloat16)
-    # A small probe first: without bf16 matrix units (AVX2-only CPUs) a 1024^2 bf16 matmul takes
-    # seconds, and measuring it properly would cost half a minute at every start.
-    if measure_peak_flops(device, torch.bfloat16, size=256, repeats=1) < fp32:
-        return torch.float32, fp32
-    bf16 = measure_peak_flops(device, torch.bfloat16, size=1024, repeats=2)
-    return (torch.bfloat16, bf16) if bf16 > 1.5 * fp32 else (torch.float32, fp32)
+        dtype = torch.float32
+    elif requested == "bf16":
+        dtype = torch.bfloat16
+    elif "auto" in entry:
+        dtype = getattr(torch, entry["auto"])
+    else:
+        dtype = _choose_auto(device, peak)
+        entry["auto"] = str(dtype).removeprefix("torch.")
+        log(f"precision auto: {entry['auto']} on {key} (measured; kept in {path})")
+    result = dtype, peak(dtype)
+    if entry != known:
+        _write_precision_cache(path, key, entry)
+    return result
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
