@@ -10,13 +10,16 @@ ours, HF, HF, ours, … ``--rounds`` times, so noise from a shared machine hits 
   micro-batch like the HF loop (``--micro-batch-size`` to change; the trainer's own default is 2).
   Tokens/s per step are read from
   the run's ``metrics.jsonl``; checkpoints are written only at the end (not timed).
-* **hf**: a plain loop, fp32: ``loss = model(ids, labels=ids).loss``, backward, clip at 1.0, AdamW.
+* **hf**: a plain loop, fp32: ``loss = model(ids, labels=ids).loss``, backward, clip at 1.0, AdamW;
+  and **hf-bf16**, the same loop under bf16 autocast, the peer's best setting where bf16 is faster
+  (run only where ``precision: auto`` picks bf16, i.e. on CPUs with bf16 matrix units).
 
 Reported per config: median tokens/s of each side over the steps after ``--warmup``, the ratio (ours
-/ HF), each side's peak RSS (``ru_maxrss`` of its process) and the ratio, and MFU = model FLOPs/s
-(``olmo2.train.monitor.flops_per_token``, the same count for both sides) / the machine's measured
-matmul peak of the dtype each side computes in (both peaks are measured and printed; ours follows the
-trainer's ``precision: auto`` rule, bf16 only where it is >1.5x faster; the HF loop is fp32).
+/ each peer), each side's peak RSS (``ru_maxrss`` of its process) and the ratio, and MFU = model
+FLOPs/s (``olmo2.train.monitor.flops_per_token``, the same count for every side) / the matmul peak of
+the dtype the side computed in. Ours reports the dtype and MFU the trainer itself used and logged;
+the peaks are the machine's, measured once and cached (``olmo2.train.runtime.choose_precision``), and
+printed with the CPU model and its AMX/AVX-512/AVX2 extensions.
 
     python benchmarks/bench_trainer.py                          # tiny and small
     python benchmarks/bench_trainer.py --config tiny --steps 4 --rounds 1 --json out.json
@@ -41,7 +44,8 @@ import torch
 
 from olmo2.data.token_files import EOS_TOKEN_ID
 from olmo2.model.config import preset
-from olmo2.train.monitor import flops_per_token, measure_peak_flops
+from olmo2.train.monitor import flops_per_token
+from olmo2.train.runtime import choose_precision, cpu_description
 
 # (preset, sequence length, batch size) per benchmark config: the foundation issue's shapes.
 SHAPES = {"tiny": ("tiny", 512, 8), "small": ("small", 1024, 4)}
@@ -73,18 +77,26 @@ def run_ours(work: Path, size: str, seq_len: int, batch: int, steps: int, micro_
     config.write_text(
         f"model: {size}\n"
         f"data: {{mix: '{mix}', seq_len: {seq_len}, global_batch_size: {batch}{micro}}}\n"
-        f"trainer: {{save_folder: '{run}', max_steps: {steps}, log_every: 1}}\n"
+        f"run: {{folder: '{run}', max_steps: {steps}}}\n"
+        f"logging: {{every: 1}}\n"
         f"schedule: {{warmup_steps: 1}}\n"
         f"checkpoint: {{export_hf: false, save_every: {steps}}}\n"
     )
     if main(["train", str(config)]) != 0:
         raise SystemExit("olmo2 train failed")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {"tokens_per_sec": [r["tokens_per_sec"] for r in records], "peak_rss": peak_rss_bytes()}
+    dtype, _ = choose_precision("auto", torch.device("cpu"))  # the trainer's (cached) choice
+    return {
+        "tokens_per_sec": [r["tokens_per_sec"] for r in records],
+        "mfu": [r["mfu"] for r in records],  # as the trainer logged it
+        "dtype": str(dtype).removeprefix("torch."),
+        "peak_rss": peak_rss_bytes(),
+    }
 
 
-def run_hf(work: Path, size: str, seq_len: int, batch: int, steps: int) -> dict:
-    """A plain fp32 loop over transformers' model on batches read from the same token file."""
+def run_hf(work: Path, size: str, seq_len: int, batch: int, steps: int, dtype: torch.dtype) -> dict:
+    """A plain loop over transformers' model (fp32 weights, ``dtype`` autocast) on batches read from
+    the same token file."""
     from olmo2.model.checkpoint import hf_model
     from olmo2.model.transformer import build_model
 
@@ -97,14 +109,15 @@ def run_hf(work: Path, size: str, seq_len: int, batch: int, steps: int) -> dict:
         start = step * batch * seq_len % (len(tokens) - batch * seq_len)
         ids = torch.from_numpy(tokens[start : start + batch * seq_len].astype(np.int64)).view(batch, seq_len)
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss.item()
         rates.append(batch * seq_len / (time.perf_counter() - t0))
-    return {"tokens_per_sec": rates, "peak_rss": peak_rss_bytes()}
+    return {"tokens_per_sec": rates, "dtype": str(dtype).removeprefix("torch."), "peak_rss": peak_rss_bytes()}
 
 
 def shape(args) -> tuple[str, int, int]:
@@ -118,7 +131,8 @@ def child(args) -> None:
     if args.child == "ours":
         result = run_ours(Path(args.work), size, seq_len, batch, steps, args.micro_batch_size)
     else:
-        result = run_hf(Path(args.work), size, seq_len, batch, steps)
+        dtype = torch.bfloat16 if args.child == "hf-bf16" else torch.float32
+        result = run_hf(Path(args.work), size, seq_len, batch, steps, dtype)
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -132,16 +146,16 @@ def spawn(side: str, args, work: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def bench_config(name: str, args, peaks: dict, dtypes: dict) -> dict:
+def bench_config(name: str, args, peaks: dict, sides: list[str]) -> dict:
     args.config = name
     size, seq_len, batch = shape(args)
     cfg = preset(size)
-    results: dict[str, list[dict]] = {"ours": [], "hf": []}
+    results: dict[str, list[dict]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory(prefix="olmo2-bench-trainer-") as tmp:
         work = Path(tmp)
         write_tokens(work / "tokens.npy", 4 * (args.warmup + args.steps) * batch * seq_len, cfg.vocab_size)
         for i in range(args.rounds):
-            for side in ("ours", "hf") if i % 2 == 0 else ("hf", "ours"):
+            for side in sides if i % 2 == 0 else sides[::-1]:
                 r = spawn(side, args, work)
                 results[side].append(r)
                 steady = r["tokens_per_sec"][args.warmup :]
@@ -161,15 +175,18 @@ def bench_config(name: str, args, peaks: dict, dtypes: dict) -> dict:
     for side, runs in results.items():
         rates = [x for r in runs for x in r["tokens_per_sec"][args.warmup :]]
         tps = statistics.median(rates)
+        (dtype,) = {r["dtype"] for r in runs}
+        logged = [x for r in runs for x in r.get("mfu", [])[args.warmup :]]
         summary[side] = {
             "tokens_per_sec": tps,
             "peak_rss_gib": max(r["peak_rss"] for r in runs) / 2**30,
-            "dtype": dtypes[side],
-            "mfu": fpt * tps / peaks[dtypes[side]],
+            "dtype": dtype,
+            "mfu": statistics.median(logged) if logged else fpt * tps / peaks[dtype],
             "steps_measured": len(rates),
         }
-    summary["speedup"] = summary["ours"]["tokens_per_sec"] / summary["hf"]["tokens_per_sec"]
-    summary["memory_ratio"] = summary["ours"]["peak_rss_gib"] / summary["hf"]["peak_rss_gib"]
+    for peer in sides[1:]:
+        summary[f"speedup_vs_{peer}"] = summary["ours"]["tokens_per_sec"] / summary[peer]["tokens_per_sec"]
+        summary[f"memory_ratio_vs_{peer}"] = summary["ours"]["peak_rss_gib"] / summary[peer]["peak_rss_gib"]
     return summary
 
 
@@ -190,7 +207,7 @@ def main() -> None:
         help="ours: instances per forward (default: the whole batch, as the HF loop)",
     )
     p.add_argument("--json", help="also write the results here")
-    p.add_argument("--child", choices=["ours", "hf"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["ours", "hf", "hf-bf16"], help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -198,38 +215,42 @@ def main() -> None:
         return child(args)
 
     cpu = torch.device("cpu")
-    # The best of several sizes and repeats: on a shared VM one 2048^2 measurement varied from 96 to
-    # 165 GFLOP/s within minutes. bf16 on a smaller matrix: without bf16 matrix units a 2048^2 bf16
-    # matmul takes a minute.
-    peaks = {
-        "float32": max(measure_peak_flops(cpu, torch.float32, size=n) for n in (1024, 2048, 4096)),
-        "bfloat16": measure_peak_flops(cpu, torch.bfloat16, size=512),
-    }
+    auto, _ = choose_precision("auto", cpu)  # measured once per machine, cached: what ours will use
+    peaks = {"float32": choose_precision("fp32", cpu)[1]}
+    sides = ["ours", "hf"]
+    if auto == torch.bfloat16:
+        peaks["bfloat16"] = choose_precision("bf16", cpu)[1]
+        sides.append("hf-bf16")
     print(
-        f"matmul peak: fp32 (best of 1024^2..4096^2) {peaks['float32'] / 1e9:.1f} GFLOP/s, "
-        f"bf16 (512^2) {peaks['bfloat16'] / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}",
+        f"CPU: {cpu_description()}, torch threads {torch.get_num_threads()}; matmul peaks "
+        + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
+        + f"; precision auto: {str(auto).removeprefix('torch.')}"
+        + ("" if "hf-bf16" in sides else " (no bf16 matrix units: the peer's bf16 loop is not run)"),
         flush=True,
     )
     names = list(SHAPES) if args.config == "all" else [args.config]
-    # The trainer's rule (precision: auto): bf16 only where its matmuls are > 1.5x faster than fp32.
-    dtypes = {
-        "ours": "bfloat16" if peaks["bfloat16"] > 1.5 * peaks["float32"] else "float32",
-        "hf": "float32",
-    }
-    rows = [bench_config(n, args, peaks, dtypes) for n in names]
-    print(f"\n{'config':<7}{'side':<6}{'tok/s':>9}{'peak RSS':>11}{'dtype':>10}{'MFU':>8}")
+    rows = [bench_config(n, args, peaks, sides) for n in names]
+    print(f"\n{'config':<7}{'side':<9}{'tok/s':>9}{'peak RSS':>11}{'dtype':>10}{'MFU':>8}")
     for r in rows:
-        for side in ("ours", "hf"):
+        for side in sides:
             s = r[side]
             print(
-                f"{r['config']:<7}{side:<6}{s['tokens_per_sec']:>9.1f}{s['peak_rss_gib']:>9.2f}Gi"
+                f"{r['config']:<7}{side:<9}{s['tokens_per_sec']:>9.1f}{s['peak_rss_gib']:>9.2f}Gi"
                 f"{s['dtype']:>10}{100 * s['mfu']:>7.1f}%"
             )
-        print(
-            f"{r['config']:<7}ratio: {r['speedup']:.2f}x tokens/s at {100 * r['memory_ratio']:.0f}% of HF's peak memory"
-        )
+        for peer in sides[1:]:
+            print(
+                f"{r['config']:<7}ratio vs {peer}: {r[f'speedup_vs_{peer}']:.2f}x tokens/s at "
+                f"{100 * r[f'memory_ratio_vs_{peer}']:.0f}% of its peak memory"
+            )
     if args.json:
-        out = {"peaks": peaks, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "results": rows}
+        out = {
+            "cpu": cpu_description(),
+            "peaks": peaks,
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "results": rows,
+        }
         Path(args.json).write_text(json.dumps(out, indent=2))
 
 

@@ -369,7 +369,7 @@ def test_precision_and_peak_are_measured_once_per_machine(monkeypatch, tmp_path)
         assert runtime.choose_precision("auto", device) == (torch.bfloat16, 4e9)
         assert calls == [(torch.bfloat16, 256), (torch.float32, 2048), (torch.bfloat16, 1024)]
         cached = json.loads((tmp_path / "precision.json").read_text())
-        (key, entry), = cached.items()
+        ((key, entry),) = cached.items()
         assert key.startswith("cpu: ") and f"torch {torch.__version__}" in key
         assert entry == {"float32": 1e9, "bfloat16": 4e9, "auto": "bfloat16"}
         runtime.choose_precision.cache_clear()  # a fresh process
@@ -393,7 +393,9 @@ def test_auto_precision_is_the_same_in_ten_fresh_processes(tmp_path):
     )
     env = {**os.environ, "OLMO2_CACHE_DIR": str(tmp_path)}
     answers = [
-        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout
         for _ in range(10)
     ]
     assert len(set(answers)) == 1 and answers[0].strip() in ("torch.float32", "torch.bfloat16")

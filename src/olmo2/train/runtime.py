@@ -21,15 +21,39 @@ from olmo2.train.monitor import log, measure_peak_flops
 PRECISION_CACHE = "precision.json"  # in the cache directory: {machine key: measured peaks and choice}
 
 
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` of /proc/cpuinfo (Linux), or None."""
+    path = Path("/proc/cpuinfo")
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        if line.startswith(field) and ":" in line:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+# /proc/cpuinfo flags that decide bf16 and fp32 matmul speed, fastest first
+_MATRIX_FLAGS = (
+    ("amx_bf16", "AMX-BF16"),
+    ("avx512_bf16", "AVX512-BF16"),
+    ("avx512f", "AVX-512"),
+    ("avx2", "AVX2"),
+)
+
+
+def cpu_description() -> str:
+    """The CPU model and which bf16/fp32 matrix extensions it has (AMX, AVX-512 BF16, AVX-512, AVX2):
+    what every benchmark prints, since the machines this runs on differ."""
+    model = _cpuinfo("model name") or platform.processor() or platform.machine()
+    flags = set((_cpuinfo("flags") or "").split())
+    kinds = [name for flag, name in _MATRIX_FLAGS if flag in flags]
+    return f"{model} [{', '.join(kinds) or 'none of AMX, AVX-512, AVX2'}]"
+
+
 def _machine_key(device: torch.device) -> str:
     """What the measurement depends on: the CPU (or GPU) model, torch's version and its thread count."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        cpuinfo = Path("/proc/cpuinfo")
-        lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-        name = names[0] if names else platform.processor() or platform.machine()
+        name = _cpuinfo("model name") or platform.processor() or platform.machine()
     return f"{device.type}: {name} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
