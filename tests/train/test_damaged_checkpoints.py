@@ -137,6 +137,16 @@ def test_no_loadable_checkpoint_names_each_fault(finished_run, tmp_path):
     assert sorted(p.name for p in run.glob("step*")) == ["step1", "step2"]
 
 
+def test_a_damaged_stage_one_checkpoint_stops_a_stage_two_start(finished_run, tmp_path):
+    """``init.checkpoint`` has nothing to fall back to: its fault is named before any step."""
+    config, ref = finished_run
+    os.truncate(_shard(ref / "step2"), 100)
+    overrides = [f"init.checkpoint={ref / 'step2'}", f"run.folder={tmp_path}/anneal"]
+    with pytest.raises(ValueError, match=rf"init.checkpoint {ref / 'step2'} is damaged: .*has 100 bytes"):
+        train(load_train_config(config, overrides))
+    assert not (tmp_path / "anneal").exists()
+
+
 def test_a_nan_checkpoint_halts_saying_it_may_be_damaged(finished_run, tmp_path, monkeypatch):
     """A checkpoint whose weights are NaN passes every check (as one written by older code with
     random bytes in a tensor can): every step after the resume is non-finite."""

@@ -25,11 +25,12 @@ from olmo2.data.token_files import check_manifests
 from olmo2.model.checkpoint import check_state_dict, read_config, read_state_dict, resolve_model_dir
 from olmo2.model.loss import IGNORE_INDEX, shift_labels
 from olmo2.model.transformer import build_model
-from olmo2.train.checkpoint import load_checkpoint, load_model_weights
+from olmo2.train.checkpoint import checkpoint_fault, load_checkpoint, load_model_weights
 from olmo2.train.components import Checkpointer, GarbageCollection, HeldoutEval, MetricsWriter
 from olmo2.train.config import TrainConfig, save_train_config
 from olmo2.train.distributed import (
     DistEnv,
+    all_gather_object,
     all_reduce_sum,
     barrier,
     init_distributed,
@@ -163,6 +164,9 @@ def _init_from(cfg: TrainConfig, module: LMTrainModule, env: DistEnv) -> str:
     the data position (the anneal reads another mix)."""
     path, model = Path(cfg.init.checkpoint), module.model
     if (path / "train").is_dir():
+        faults = [f for f in all_gather_object(checkpoint_fault(path, env.rank, env.world_size)) if f]
+        if faults:  # a stage-2 start has no earlier checkpoint to fall back to
+            raise ValueError(f"init.checkpoint {path} is damaged: {faults[0]}")
         optimizer = module.optim.optimizer if cfg.init.load_optimizer else None
         load_checkpoint(path, {"model": Part(model, optimizer)}, env, restore_rng=False)
         return f"model{' + optimizer' if cfg.init.load_optimizer else ''} from {path}"
