@@ -34,7 +34,7 @@ def test_model_info_json(capsys, size, total, non_embedding):
 
 def test_unknown_size_is_a_clear_error(capsys):
     code, _, err = _run(capsys, "model", "info", "3b")
-    assert code == 2
+    assert code == 4
     assert "unknown model size '3b'; known sizes: 1b, 7b, 13b, 32b, tiny, small" in err
 
 
@@ -42,10 +42,10 @@ def test_model_info_from_yaml_names_bad_key(capsys, tmp_path):
     cfg = tmp_path / "m.yaml"
     cfg.write_text("d_model: 64\nn_layers: 2\nn_heads: 4\nmlp_hidden: 128\nheads_kv: 2\n")
     code, _, err = _run(capsys, "model", "info", str(cfg))
-    assert code == 2 and "m.yaml: unknown key heads_kv" in err
+    assert code == 4 and "m.yaml: unknown key heads_kv" in err
     cfg.write_text("d_model: 64\nn_layers: 2\nn_heads: 3\nmlp_hidden: 128\n")
     code, _, err = _run(capsys, "model", "info", str(cfg))
-    assert code == 2 and "d_model (64) is not divisible by n_heads (3)" in err
+    assert code == 4 and "d_model (64) is not divisible by n_heads (3)" in err
 
 
 def test_init_then_convert_both_ways(capsys, tmp_path):
@@ -68,14 +68,14 @@ def test_init_then_convert_both_ways(capsys, tmp_path):
     code, _, err = _run(
         capsys, "convert", "to-hf", str(tmp_path / "init"), str(tmp_path / "hf"), "--no-tokenizer"
     )
-    assert code == 2 and "already exists and is not empty" in err
+    assert code == 4 and "already exists and is not empty" in err
 
 
 def test_convert_refuses_other_architecture(capsys, tmp_path):
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama/config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
     code, _, err = _run(capsys, "convert", "from-hf", str(tmp_path / "llama"), str(tmp_path / "out"))
-    assert code == 2 and "not an OLMo 2 model (model_type='llama'" in err
+    assert code == 4 and "not an OLMo 2 model (model_type='llama'" in err
 
 
 def _subparsers(parser):
