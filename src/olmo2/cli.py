@@ -11,12 +11,22 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from safetensors import SafetensorError
+
 from olmo2 import __version__
 from olmo2.assets import AssetError
 from olmo2.commands import COMMANDS, GROUPS, HALTED, Command
 from olmo2.config import to_dict
 
 DESCRIPTION = "The OLMo 2 recipe: tokenize, pretrain, anneal, soup, evaluate, post-train (SFT, DPO, RLVR)."
+EXIT_OK, EXIT_BUG, EXIT_HALTED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 3, 4, 130  # 2: usage (argparse)
+EPILOG = (
+    "exit status: 0 ok; 1 internal error (a bug: the traceback is shown); 2 usage; 3 run halted; "
+    "4 bad input (config, missing or corrupt file, I/O or permission error, unavailable device), "
+    "reported in one line; 130 interrupted. OLMO2_DEBUG=1 shows the traceback of every error."
+)
+# The user's input or machine, not a bug: configs, files (missing, corrupt, unwritable), devices.
+BAD_INPUT = (ValueError, OSError, AssetError, SafetensorError)
 
 
 def resolve(target: str) -> Any:
@@ -71,7 +81,7 @@ def _parser_options(options: dict) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(prog="olmo2", description=DESCRIPTION)
+    parser = CommandParser(prog="olmo2", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"olmo2 {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, Any] = {}
@@ -98,10 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(cmd: Command, options: dict) -> None:
-    """Load the config (and print it, for --dry-run) or not; call the library function; print its text."""
+    """Load the config (check it and print it, for --dry-run) or not; call the library function; print
+    its text."""
     if cmd.config:
         cfg = resolve(cmd.config[0])(options.pop("config"), options.pop("overrides"))
         if options.pop("dry_run"):
+            if cmd.check:
+                resolve(cmd.check)(cfg)
             print(json.dumps(to_dict(cfg), indent=2))
             return
         result = resolve(cmd.run)(cfg, **options)
@@ -112,23 +125,40 @@ def run(cmd: Command, options: dict) -> None:
         print(text)
 
 
+def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:  # not "[Errno 13] ...: 'path'"
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
+def exit_status(e: Exception) -> int:
+    """The documented status of an error (``EPILOG``); ``EXIT_BUG`` for anything unexpected."""
+    if isinstance(e, RuntimeError) and not isinstance(e, AssetError) and isinstance(e, resolve(HALTED)):
+        return EXIT_HALTED  # TrainingHalted's module (torch) is imported only now
+    return EXIT_BAD_INPUT if isinstance(e, BAD_INPUT) else EXIT_BUG
+
+
 def main(argv: list[str] | None = None) -> int:
-    options = vars(build_parser().parse_args(argv))
+    """Run one command; return the exit status (``EPILOG``). A bug keeps its traceback."""
+    options = vars(build_parser().parse_args(argv))  # usage errors: argparse exits with 2
     for name in ("command", "action"):  # the names; `spec` is the command
         options.pop(name, None)
+    debug = bool(os.environ.get("OLMO2_DEBUG"))
     try:
         run(options.pop("spec"), options)
-    except (ValueError, FileNotFoundError, AssetError) as e:  # bad input: config, checkpoint, asset
-        if os.environ.get("OLMO2_DEBUG"):
+    except KeyboardInterrupt:
+        if debug:
             raise
-        print(f"olmo2: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # TrainingHalted is one; its class (torch) is imported only now
-        if not isinstance(e, resolve(HALTED)):
+        print("olmo2: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        status = exit_status(e)
+        if status == EXIT_BUG or debug:
             raise
-        print(f"olmo2: training halted: {e}", file=sys.stderr)
-        return 3
-    return 0
+        label = "training halted" if status == EXIT_HALTED else "error"
+        print(f"olmo2: {label}: {_message(e)}", file=sys.stderr)
+        return status
+    return EXIT_OK
 
 
 if __name__ == "__main__":

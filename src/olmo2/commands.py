@@ -18,11 +18,27 @@ def arg(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict]:
     return flags, options
 
 
+def positive_int(text: str) -> int:
+    """A count or size on the command line (``--batch-size``, ``--max-new-tokens``, ...): 0 is refused."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise ValueError(f"must be a positive number, got {text}")
+    return value
+
+
 class Command(NamedTuple):
     help: str
     run: str  # "module:function", called with the arguments as keywords (after the config, if any)
     args: tuple = ()
     config: tuple[str, str] | None = None  # ("module:loader", help): CONFIG [key.sub=value ...] [--dry-run]
+    check: str | None = None  # "module:function" called with the config by --dry-run before it prints
     show: Callable[[Any], Any] | None = lambda text: text  # what to print of the result; None: nothing
     one_of: tuple = ()  # exactly one of these arguments
     defaults: dict | None = None
@@ -42,6 +58,8 @@ def rank0_json(summary: dict) -> str | None:
 
 
 HALTED = "olmo2.train.engine:TrainingHalted"  # a training run that stopped itself: exit status 3
+POSITIVE = "olmo2.commands:positive_int"  # a library parser: its message reaches the usage error
+POSITIVE_FLOAT = "olmo2.commands:positive_float"
 DTYPES = ["float32", "bfloat16", "float16"]
 SIZE = "preset (1b, 7b, 13b, 32b, tiny, small), checkpoint dir or model YAML"
 NEW_DIR = "output directory (must not exist or be empty)"
@@ -77,7 +95,8 @@ COMMANDS = {
         arg("checkpoint", help="model checkpoint directory"),
         arg("--prompt", dest="prompts", metavar="PROMPT", action="append", required=True,
             help="prompt text (repeat for a batch)"),
-        arg("--max-new-tokens", type=int, default=64),
+        arg("--max-new-tokens", type=POSITIVE, default=64, help="at most max_seq_len - 1; a longer prompt "
+            "keeps its last max_seq_len - N tokens"),
         arg("--temperature", type=float, default=0.0, help="0 = greedy"),
         arg("--top-k", type=int, default=0, help="0 = off"),
         arg("--top-p", type=float, default=1.0, help="1.0 = off"), arg("--seed", type=int, default=0),
@@ -95,7 +114,7 @@ COMMANDS = {
         arg("--shard", default="0/1", metavar="I/N", type="olmo2.data.tokenize:parse_shard",
             help="take only the inputs whose sorted index is I mod N, so N machines split the inputs "
             "without talking to each other (default 0/1)"),
-        arg("--max-tokens-per-file", type=int, default=1 << 28, metavar="T", help="start a new token file "
+        arg("--max-tokens-per-file", type=POSITIVE, default=1 << 28, metavar="T", help="start a new token file "
             "before a document that would pass T tokens (default 2^28 = 1 GiB)"),
         arg("--strict", action="store_true", help="stop at the first bad record or file, naming FILE:LINE"),
         arg("--tokenizer", metavar="PATH", help="tokenizer.json (default: dolma2)"),
@@ -111,17 +130,18 @@ COMMANDS = {
         "olmo2.demo.corpus:prepare_demo_corpus",
         arg("--out", dest="out_dir", metavar="OUT", help="output folder (default: the olmo2 cache)"),
         arg("--force", action="store_true", help="rebuild even if a complete corpus is there"),
-        arg("--scale", type=float, default=1.0, help="multiply every source's token budget"),
+        arg("--scale", type=POSITIVE_FLOAT, default=1.0, help="multiply every source's token budget"),
         arg("--workers", type=int, default=1, help="tokenizer processes"),
         arg("--no-progress", dest="progress", action="store_false", help="no progress bars")),
     "mix": command(
         "resolve a data mix and print what each source contributes", "olmo2.data.mix:resolve_mix",
-        arg("--seq-len", type=int, default=4096, help="instance length in tokens (default 4096)"),
+        arg("--seq-len", type=POSITIVE, default=4096, help="instance length in tokens (default 4096)"),
         config=("olmo2.data.mix:load_mix_config", "mix YAML (configs/data/...)"), show=lambda mix: mix.summary()),
     "train": command(
         "pretrain or anneal (stage 1 / stage 2); resumes from the run folder's latest checkpoint",
         "olmo2.train.trainer:train", show=rank0_json,
         config=("olmo2.train.config:load_train_config", "training config YAML (configs/train/...)"),
+        check="olmo2.train.trainer:check_data",
         description="Train as CONFIG says; key.sub=value arguments override it (e.g. optim.lr=3e-4). "
         "Launch several processes with torchrun for DDP/FSDP."),
     "recipe": command(
@@ -139,15 +159,15 @@ COMMANDS = {
         "olmo2.eval.runner:run_eval", arg("model", help="checkpoint or Hugging Face causal-LM directory"),
         arg("--tasks", default="olmes_core",
             help="comma-separated suites, tasks, task:format names (default: olmes_core)"),
-        arg("--limit", type=int, help="at most N docs per task format"),
+        arg("--limit", type=POSITIVE, help="at most N docs per task format"),
         arg("--out", help="write the results JSON here"),
-        arg("--batch-size", type=int, default=32, help="rows per forward pass (default: 32)"),
-        arg("--max-batch-tokens", type=int, default=8192, help="token budget per batch (default: 8192)"),
+        arg("--batch-size", type=POSITIVE, default=32, help="rows per forward pass (default: 32)"),
+        arg("--max-batch-tokens", type=POSITIVE, default=8192, help="token budget per batch (default: 8192)"),
         arg("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)"),
         arg("--dtype", choices=DTYPES, help="default: float32"),
         arg("--backend", default="auto", choices=["auto", "olmo2", "hf"], help="model implementation"),
         arg("--tokenizer", help="tokenizer.json / HF dir, or 'dolma2' (default: the model's)"),
-        arg("--gen-max-tokens", type=int, help="cap on generated tokens (GSM8K)"),
+        arg("--gen-max-tokens", type=POSITIVE, help="cap on generated tokens (GSM8K)"),
         arg("--all-norms", action="store_true", help="also score PMI where it is not the metric"),
         arg("--per-doc", dest="keep_docs", action="store_true", help="keep per-doc scores in the JSON"),
         arg("--list", action="print_and_exit", target="olmo2.eval.suites:describe_all",
@@ -159,12 +179,12 @@ COMMANDS = {
         arg("checkpoints", nargs="+", metavar="CKPT", help="model directories or training checkpoints (step<N>/)"),
         arg("--out", required=True, metavar="DIR", help=NEW_DIR),
         arg("--weights", metavar="W1,W2,...", help="positive weights, one per CKPT (default: uniform)"),
-        arg("--max-shard-gb", type=float, default=5.0, metavar="GB", help="output shard size; peak memory is "
+        arg("--max-shard-gb", type=POSITIVE_FLOAT, default=5.0, metavar="GB", help="output shard size; peak memory is "
             "about one shard plus the largest tensor twice (default 5)")),
     "flops": command(
         "training FLOPs as the paper counts them, 6*N*D (spec §8)", "olmo2.recipe.flops:flops_report",
-        arg("--tokens", type=float, metavar="TOKENS", help="(with --size) stage-1 tokens, e.g. 3.9e12"),
-        arg("--anneal", type=float, action="append", metavar="TOKENS",
+        arg("--tokens", type=POSITIVE_FLOAT, metavar="TOKENS", help="(with --size) stage-1 tokens, e.g. 3.9e12"),
+        arg("--anneal", type=POSITIVE_FLOAT, action="append", metavar="TOKENS",
             help="(with --size) tokens of one anneal run"),
         arg("--json", dest="as_json", action="store_true", help="print JSON"), one_of=(
             arg("--paper", action="store_true",
@@ -203,7 +223,7 @@ COMMANDS = {
         "interactive chat with a checkpoint (stdin lines; /exit quits)", "olmo2.posttrain.common:chat",
         arg("ckpt", metavar="checkpoint", help="model directory (e.g. runs/posttrain-demo/sft/model)"),
         arg("--tokenizer", help="tokenizer.json (default: the pinned dolma2 one)"),
-        arg("--system", help="system message"), arg("--max-new-tokens", type=int, default=256),
+        arg("--system", help="system message"), arg("--max-new-tokens", type=POSITIVE, default=256),
         arg("--temperature", type=float, default=0.0, help="0 = greedy"), arg("--top-p", type=float, default=1.0),
         arg("--seed", type=int), arg("--device", default="auto"), show=None),
     "posttrain-data": command(
@@ -211,9 +231,9 @@ COMMANDS = {
         arg("out_dir", metavar="out", help="output folder"),
         arg("--task", choices=sorted(DEMO_TASKS), default="chain_sum", help="chain_sum: one-digit "
             "sums the demo model can learn (default); gsm_symbolic: word problems"),
-        arg("--n-sft", type=int, default=2000, help="SFT chats"),
-        arg("--n-dpo", type=int, default=128, help="preference pairs (at most)"),
-        arg("--n-rlvr", type=int, default=16, help="distinct RLVR prompts (at most)"),
+        arg("--n-sft", type=POSITIVE, default=2000, help="SFT chats"),
+        arg("--n-dpo", type=POSITIVE, default=128, help="preference pairs (at most)"),
+        arg("--n-rlvr", type=POSITIVE, default=16, help="distinct RLVR prompts (at most)"),
         arg("--seed", type=int, default=0), show=lambda paths: "\n".join(
             f"{name}: {path} ({len(path.read_text().splitlines())} records)" for name, path in paths.items())),
     "plot-rewards": command(

@@ -10,6 +10,7 @@ Sampling follows HF's order (temperature -> top-k -> top-p -> multinomial) with 
 from __future__ import annotations
 
 import math
+import sys
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,11 +18,19 @@ from pathlib import Path
 
 import torch
 
-from olmo2.model.checkpoint import load_model, parse_dtype
+from olmo2.model.checkpoint import load_model, parse_dtype, read_config
+from olmo2.model.device import resolve_device
 from olmo2.model.transformer import KVCache, Olmo2
 from olmo2.tokenizer import load_tokenizer
 
-__all__ = ["GenerationConfig", "filter_logits", "generate", "generate_from_checkpoint", "generate_text"]
+__all__ = [
+    "GenerationConfig",
+    "filter_logits",
+    "fit_prompts",
+    "generate",
+    "generate_from_checkpoint",
+    "generate_text",
+]
 
 
 def _is_int(x) -> bool:
@@ -309,19 +318,46 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(getattr(ids, "ids", ids))  # a raw ``tokenizers.Tokenizer`` returns an Encoding
 
 
+def _prompt_room(max_seq_len: int, max_new_tokens: int) -> int:
+    if max_new_tokens >= max_seq_len:
+        raise ValueError(
+            f"max_new_tokens {max_new_tokens} leaves no room for a prompt: the model's max_seq_len is "
+            f"{max_seq_len}, so at most {max_seq_len - 1} new tokens"
+        )
+    return max_seq_len - max_new_tokens
+
+
+def fit_prompts(prompts: list[list[int]], max_seq_len: int, max_new_tokens: int) -> list[list[int]]:
+    """Prompt plus continuation within the model's length: ``max_new_tokens`` must be below
+    ``max_seq_len``, and a prompt keeps its last ``max_seq_len - max_new_tokens`` tokens (cut from the
+    left, as eval cuts contexts; said on stderr). The KV cache is then never longer than the model."""
+    room = _prompt_room(max_seq_len, max_new_tokens)
+    for i, p in enumerate(prompts):
+        if len(p) > room:
+            print(
+                f"olmo2 generate: prompt {i} has {len(p)} tokens; keeping its last {room} "
+                f"(max_seq_len {max_seq_len} - max_new_tokens {max_new_tokens})",
+                file=sys.stderr,
+                flush=True,
+            )
+    return [p[-room:] for p in prompts]
+
+
 def generate_text(
     model: Olmo2, tokenizer, prompts: list[str], config: GenerationConfig | None = None
 ) -> list[str]:
     """Text in, text out, for any tokenizer with ``encode``/``decode`` (and optionally
-    ``eos_token_id``/``pad_token_id``). A final stop token is dropped before decoding."""
+    ``eos_token_id``/``pad_token_id``). Prompts are fitted to the model's length (``fit_prompts``); a
+    final stop token is dropped before decoding."""
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, not a single string")
     config = config or GenerationConfig()
     eos = getattr(tokenizer, "eos_token_id", None)
     pad = getattr(tokenizer, "pad_token_id", None)
-    outs = generate(
-        model, [_encode(tokenizer, p) for p in prompts], config, eos_token_id=eos, pad_token_id=pad
+    ids = fit_prompts(
+        [_encode(tokenizer, p) for p in prompts], model.config.max_seq_len, config.max_new_tokens
     )
+    outs = generate(model, ids, config, eos_token_id=eos, pad_token_id=pad)
     stop_ids = set(config.stop_token_ids) | ({eos} if config.stop_on_eos and eos is not None else set())
     return [tokenizer.decode(o[:-1] if o and o[-1] in stop_ids else o) for o in outs]
 
@@ -343,7 +379,8 @@ def generate_from_checkpoint(
     """Each prompt's continuation by the model in ``checkpoint`` (after the prompt itself with ``echo``),
     on ``device`` (default: cuda if available), with ``tokenizer`` (default: the checkpoint's
     tokenizer.json, else dolma2)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
+    _prompt_room(read_config(checkpoint).max_seq_len, max_new_tokens)  # before loading the weights
     model = load_model(checkpoint, device=device, dtype=parse_dtype(dtype))
     own_tokenizer = Path(checkpoint) / "tokenizer.json"
     tok = load_tokenizer(tokenizer or (own_tokenizer if own_tokenizer.is_file() else None))

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import REAL_VOCAB, transformers
 
 from olmo2.cli import main
+from olmo2.eval import runner
 from olmo2.eval.generative import generate_until
 from olmo2.eval.lm import EvalLM, as_text_tokenizer, load_eval_model
 from olmo2.eval.runner import Evaluator, flat_metrics, format_table, run_eval
@@ -166,3 +171,46 @@ def test_bos_tokenizers_start_contexts_with_bos():
     )
     assert ctx.tolist() == [100257, *plain_ctx.tolist()] and cont.tolist() == plain_cont.tolist()
     assert plain_ctx[0] != 100257
+
+
+def test_a_model_folder_code_never_runs(checkpoint, tmp_path, monkeypatch):
+    """``auto_map`` + ``modeling_*.py``: no prompt on stdin, the code never runs; a type transformers
+    does not know is refused, OLMo 2 loads as the plain Olmo2ForCausalLM."""
+    marker = tmp_path / "code-ran"
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda *args: asked.append(args) or "y")
+    auto_map = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"}
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    config = {"model_type": "evil", "architectures": ["EvilForCausalLM"], "auto_map": auto_map}
+    (evil / "config.json").write_text(json.dumps(config))
+    olmo = tmp_path / "olmo"
+    shutil.copytree(checkpoint[1], olmo)
+    config = json.loads((olmo / "config.json").read_text())
+    (olmo / "config.json").write_text(json.dumps({**config, "auto_map": auto_map}))
+    for folder in (evil, olmo):
+        (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    with pytest.raises(CheckpointError, match="'evil' exists only as the folder's own code"):
+        load_eval_model(evil, tokenizer="dolma2")
+    lm, _ = load_eval_model(olmo, backend="hf")
+    assert type(lm.model).__name__ == "Olmo2ForCausalLM"
+    assert not asked and not marker.exists()
+
+
+def test_results_survive_an_output_error(checkpoint, tmp_path, monkeypatch, capsys):
+    """``--out`` passes the check but the write fails (disk full): the results go to a temporary file."""
+    out, real_write = tmp_path / "r.json", runner.write_json
+
+    def disk_full(results, path):
+        if Path(path) == out:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(results, path)
+
+    monkeypatch.setattr(runner, "write_json", disk_full)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    argv = ["eval", str(checkpoint[1]), "--tasks", "piqa:mc", "--limit", "2", "--quiet", "--out", str(out)]
+    assert main(argv) == 4
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"olmo2: error: {out}: could not write the results (No space left on device)")
+    fallback = Path(err.rsplit("they are in ", 1)[1])
+    assert fallback.parent == tmp_path and json.loads(fallback.read_text())["tasks"]["piqa:mc"]["docs"] == 2

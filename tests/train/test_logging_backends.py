@@ -73,8 +73,8 @@ def test_missing_backend_or_unknown_key_fails_before_training(
         ("wandb", "logging.wandb.enabled=true"),
     ):
         monkeypatch.setitem(sys.modules, package, None)  # import fails, as if not installed
-        assert main(["train", str(path), override]) == 2
+        assert main(["train", str(path), override]) == 4
         assert f"package is not installed: pip install {package}" in capsys.readouterr().err
-    assert main(["train", str(path), "logging.tensorbord=true"]) == 2
+    assert main(["train", str(path), "logging.tensorbord=true"]) == 4
     assert "unknown key logging.tensorbord (did you mean logging.tensorboard?)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -154,23 +154,23 @@ def test_stage2_init_from_stage1_checkpoint(make_train_config, tmp_path):
 
 def test_bad_config_fails_before_work(make_train_config, capsys, tmp_path):
     path = make_train_config()
-    assert main(["train", str(path), "schedule.warmup_steps=8"]) == 2
+    assert main(["train", str(path), "schedule.warmup_steps=8"]) == 4
     assert (
         "schedule.warmup_steps (8) is not shorter than the run (run.max_steps 8)" in capsys.readouterr().err
     )
-    assert main(["train", str(path), "data.micro_batch_size=3"]) == 2
+    assert main(["train", str(path), "data.micro_batch_size=3"]) == 4
     assert "not divisible by data.micro_batch_size (3)" in capsys.readouterr().err
     train(load_train_config(path, ["run.max_steps=3", "checkpoint.save_every=3"]))
-    assert main(["train", str(path), "model.d_model=32", "run.max_steps=4"]) == 2
+    assert main(["train", str(path), "model.d_model=32", "run.max_steps=4"]) == 4
     assert (
         "holds a checkpoint of another model (model.d_model: checkpoint 64, config 32)"
         in capsys.readouterr().err
     )
-    assert main(["train", str(path), "optim.lrr=1"]) == 2
+    assert main(["train", str(path), "optim.lrr=1"]) == 4
     assert "unknown key optim.lrr (did you mean optim.lr" in capsys.readouterr().err
-    assert main(["train", str(path), "data.mix=/nope.yaml"]) == 2
+    assert main(["train", str(path), "data.mix=/nope.yaml"]) == 4
     assert "/nope.yaml" in capsys.readouterr().err
-    assert main(["train", str(path), "runtime.cpu_malloc_mmap_threshold_mib=64"]) == 2
+    assert main(["train", str(path), "runtime.cpu_malloc_mmap_threshold_mib=64"]) == 4
     assert "runtime.cpu_malloc_mmap_threshold_mib must be in [0, 32]" in capsys.readouterr().err
 
 
@@ -224,7 +224,7 @@ def _tokenized_config(make_train_config, tmp_path, directory: str = "", **change
 
 def test_keys_of_the_trainer_section_name_their_new_place(make_train_config, capsys):
     config = make_train_config()
-    assert main(["train", str(config), "trainer.max_steps=3", "trainer.precision=fp32"]) == 2
+    assert main(["train", str(config), "trainer.max_steps=3", "trainer.precision=fp32"]) == 4
     err = capsys.readouterr().err
     assert (
         "trainer.max_steps is now run.max_steps" in err

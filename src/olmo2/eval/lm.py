@@ -22,6 +22,7 @@ import torch
 
 from olmo2.generate import GenerationConfig, generate
 from olmo2.model.checkpoint import CheckpointError, load_model, parse_dtype, resolve_model_dir
+from olmo2.model.device import resolve_device
 from olmo2.model.transformer import Olmo2
 from olmo2.tokenizer import Tokenizer, load_tokenizer
 
@@ -354,7 +355,27 @@ def as_text_tokenizer(tok) -> TextTokenizer:
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
-def _load_hf(model_dir: Path, device: str, dtype: str | None):
+# Every transformers load: never run a model folder's own Python code (``auto_map``), never ask about
+# it on stdin, never reach for the Hub (a typo fails at once instead of after minutes of retries).
+_LOCAL_ONLY = dict(trust_remote_code=False, local_files_only=True)
+
+
+def _refuse_remote_code(model_dir: Path, config: dict) -> None:
+    """A model type that only the folder's own code defines (``auto_map``) is refused by name."""
+    if "auto_map" not in config or config.get("model_type") == "olmo2":
+        return
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - then _load_hf says transformers is needed
+        return
+    if config.get("model_type") not in CONFIG_MAPPING_NAMES:
+        raise CheckpointError(
+            f"{model_dir / 'config.json'}: model_type {config.get('model_type')!r} exists only as the "
+            "folder's own code (auto_map), and olmo2 never runs a model folder's code"
+        )
+
+
+def _load_hf(model_dir: Path, device: torch.device, dtype: str | None):
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -363,7 +384,7 @@ def _load_hf(model_dir: Path, device: str, dtype: str | None):
             "evaluating a non-OLMo 2 model needs `transformers` (pip install olmo2[hf])"
         ) from e
     try:
-        config = AutoConfig.from_pretrained(model_dir)
+        config = AutoConfig.from_pretrained(model_dir, **_LOCAL_ONLY)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{model_dir}: not a Hugging Face model directory ({e})") from e
     archs = list(getattr(config, "architectures", None) or [])
@@ -376,7 +397,7 @@ def _load_hf(model_dir: Path, device: str, dtype: str | None):
     import torch
 
     torch_dtype = getattr(torch, dtype) if dtype else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, **_LOCAL_ONLY).to(device)
     return model
 
 
@@ -389,7 +410,7 @@ def _load_tokenizer(model_dir: Path, spec: str | None, is_olmo2: bool) -> TextTo
         return as_text_tokenizer(tokenizers.Tokenizer.from_file(str(file)))
     from transformers import AutoTokenizer
 
-    return as_text_tokenizer(AutoTokenizer.from_pretrained(path))
+    return as_text_tokenizer(AutoTokenizer.from_pretrained(path, **_LOCAL_ONLY))
 
 
 def load_eval_model(
@@ -409,6 +430,11 @@ def load_eval_model(
     """
     if backend not in ("auto", "olmo2", "hf"):
         raise ValueError(f"backend must be auto, olmo2 or hf, got {backend!r}")
+    device = resolve_device(device)
+    if tokenizer not in (None, "dolma2") and not Path(tokenizer).exists():  # a typo fails before any load
+        raise FileNotFoundError(
+            f"tokenizer {tokenizer} not found (give a tokenizer.json, a folder of HF tokenizer files, or dolma2)"
+        )
     model_dir = resolve_model_dir(path)
     try:
         cfg = json.loads((model_dir / "config.json").read_text())
@@ -419,6 +445,7 @@ def load_eval_model(
         raise CheckpointError(
             f"{model_dir}: backend 'olmo2' needs an OLMo 2 model (model_type={cfg.get('model_type')!r})"
         )
+    _refuse_remote_code(model_dir, cfg)
     if is_olmo2 and backend != "hf":
         lm: EvalLM = Olmo2LM(
             load_model(model_dir, device=device, dtype=parse_dtype(dtype) or None), name=str(path)

@@ -7,6 +7,7 @@ offline and in-loop numbers for the same weights are the same numbers.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -284,6 +285,39 @@ def write_json(results: dict, path: str | Path) -> Path:
     return path
 
 
+def _check_writable(path: str | Path) -> Path:
+    """Fail before scoring, not after it: ``path`` must be a file name in a folder this process can write
+    (created if missing); a probe file is made there and removed."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:  # mkdir: a file where the folder should be
+        raise NotADirectoryError(
+            errno.ENOTDIR, "cannot write the results here: Not a directory", str(path)
+        ) from None
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write the results here: {e.strerror}", str(path)) from None
+    return path
+
+
+def _write_results(results: dict, out: Path) -> None:
+    """Results already computed are never lost to an output error: they go to a temporary file instead."""
+    try:
+        write_json(results, out)
+    except OSError as e:
+        fd, fallback = tempfile.mkstemp(prefix="olmo2-eval-", suffix=".json")
+        os.close(fd)
+        write_json(results, fallback)
+        raise OSError(
+            f"{out}: could not write the results ({e.strerror or e}); they are in {fallback}"
+        ) from e
+
+
 def run_eval(
     model: str | Path,
     tasks: str,
@@ -303,8 +337,9 @@ def run_eval(
 ) -> dict:
     """Score ``model`` on ``tasks`` (task:format names or suites such as olmes_core; ``olmo2 eval --list``
     shows them), print a table and optionally write JSON to ``out`` with per-task metrics, counts and
-    settings."""
-
+    settings. ``out`` is checked before anything is scored; if writing it still fails, the results
+    go to a temporary file, which the error names."""
+    out = _check_writable(out) if out is not None else None
     lm, tok = load_eval_model(model, device=device, dtype=dtype, backend=backend, tokenizer=tokenizer)
     ev = Evaluator(
         tok,
@@ -322,7 +357,7 @@ def run_eval(
     if not quiet:
         print(format_table(results))
     if out is not None:
-        write_json(results, out)
+        _write_results(results, out)
         if not quiet:
             print(f"results written to {out}")
     return results

@@ -28,6 +28,7 @@ from olmo2.chat import decode_response, encode_prompt, write_hf_chat_files
 from olmo2.config import ConfigError, apply_overrides, from_dict, read_yaml, refuse_moved_keys, to_dict
 from olmo2.generate import GenerationConfig, generate
 from olmo2.model.checkpoint import CheckpointError, load_model, resolve_model_dir, save_state_dict
+from olmo2.model.device import resolve_device
 from olmo2.posttrain.plot import plot_rewards
 from olmo2.tokenizer import load_tokenizer
 from olmo2.train.components import Checkpointer, GarbageCollection, MetricsWriter
@@ -181,12 +182,6 @@ def load_posttrain_config(
         return from_dict(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class GlobalBatches:

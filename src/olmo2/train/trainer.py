@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from olmo2.config import ConfigError
 from olmo2.data.loader import StepBatch, TrainLoader, ValidationLoader
 from olmo2.data.mix import Mix, find_files, load_mix_config, resolve_mix
 from olmo2.data.token_files import check_manifests
@@ -54,7 +55,7 @@ from olmo2.train.runtime import autocast, build_parallel_model, choose_precision
 from olmo2.train.schedule import lr_factor
 from olmo2.train.tracking import open_sinks
 
-__all__ = ["LMTrainModule", "TrainingHalted", "heldout_sums", "train"]
+__all__ = ["LMTrainModule", "TrainingHalted", "check_data", "heldout_sums", "train"]
 
 
 def _labels(micro: dict, device: torch.device) -> torch.Tensor:
@@ -199,6 +200,17 @@ def _check_same_model(checkpoint: Path, cfg: TrainConfig) -> None:
         f"run.folder {checkpoint.parent} holds a checkpoint of another model ({'; '.join(diffs)}); "
         "use a new run.folder"
     )
+
+
+def check_data(cfg: TrainConfig) -> None:
+    """``olmo2 train --dry-run``: the mix resolves (its files exist, whole tokens, shares and repeats
+    fit) and the validation files exist. File sizes only: no token or manifest is read."""
+    mix = load_mix_config(cfg.data.mix)  # its errors name the file
+    try:
+        resolve_mix(mix, cfg.data.seq_len, cfg.data.variables)
+    except ConfigError as e:
+        raise ConfigError(f"data.mix ({cfg.data.mix}): {e}") from None
+    find_files(cfg.data.validation, cfg.data.variables, "data.validation: ")
 
 
 def _check_manifests(cfg: TrainConfig, mix: Mix, env: DistEnv) -> None:
