@@ -255,3 +255,36 @@ def test_each_rank_hashes_its_share(tmp_path):
     assert checkpoint_fault(tmp_path) == checkpoint_fault(tmp_path, 1, 2)
     (tmp_path / CHECKSUMS).write_text('{"a": 1}')
     assert "not a listing of files" in checkpoint_fault(tmp_path)
+
+
+def test_ctrl_c_during_a_save_is_an_interrupt_not_a_checkpoint_error(tmp_path, monkeypatch):
+    """DCP wraps a KeyboardInterrupt raised while it writes into a CheckpointException; the CLI must
+    see the interrupt (exit 130), and an interrupted load must not count as a damaged checkpoint."""
+    from olmo2.model.config import ModelConfig
+    from olmo2.model.transformer import build_model
+    from olmo2.train.distributed import DistEnv
+    from olmo2.train.engine import Part
+
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if not isinstance(f, (str, os.PathLike)):  # DCP's shard streams; the RNG file is a path
+            raise KeyboardInterrupt
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    model = build_model(
+        ModelConfig(
+            d_model=32,
+            n_layers=1,
+            n_heads=2,
+            mlp_hidden=64,
+            vocab_size=128,
+            eos_token_id=None,
+            pad_token_id=None,
+        ),
+        seed=0,
+    )
+    env = DistEnv(0, 1, 0, torch.device("cpu"))
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_mod.save_checkpoint(tmp_path, 1, {"model": Part(model)}, {}, env, export_hf=False)

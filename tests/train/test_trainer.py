@@ -178,10 +178,12 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_held_or_refused_run_folder_stays_as_it_was(make_train_config, tmp_path):
+@pytest.mark.parametrize("export_hf", [True, False], ids=["hf-export", "no-hf-export"])
+def test_a_held_or_refused_run_folder_stays_as_it_was(make_train_config, tmp_path, export_hf):
     """A second run while the first holds the folder, and a resume refused for another model, change
-    no byte of the first run's files (config.yaml included); the refused run's folder had existed."""
-    path = make_train_config()
+    no byte of the first run's files (config.yaml included); the refused run's folder had existed.
+    Without the HF export in the checkpoint, the run's config.yaml tells the model."""
+    path = make_train_config(checkpoint={"export_hf": export_hf})
     first = ["run.max_steps=3", "checkpoint.save_every=3"]
     train(load_train_config(path, first))
     run = tmp_path / "run"
@@ -191,7 +193,9 @@ def test_a_held_or_refused_run_folder_stays_as_it_was(make_train_config, tmp_pat
         with pytest.raises(FolderLocked, match=rf"{run} is in use by another run \(pid {os.getpid()} on "):
             train(load_train_config(path, ["run.max_steps=4"]))
         assert _files(run).keys() == {*before, ".olmo2.lock"}
-    with pytest.raises(ValueError, match="holds a checkpoint of another model"):
+    with pytest.raises(
+        ValueError, match=r"holds a checkpoint of another model \(model.d_model: checkpoint 64"
+    ):
         train(load_train_config(path, ["model.d_model=32", "run.max_steps=4"]))
     assert _files(run) == before
 

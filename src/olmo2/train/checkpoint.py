@@ -270,7 +270,11 @@ def save_checkpoint(
         response = dcp.async_save(train_state, checkpoint_id=train_dir, process_group=process_group)
         upload = getattr(response, "upload_completion", response)  # newer torch: AsyncSaveResponse
         return PendingCheckpoint(final, lambda: finish(upload))
-    dcp.save(train_state, checkpoint_id=train_dir)
+    try:
+        dcp.save(train_state, checkpoint_id=train_dir)
+    except CheckpointException as e:
+        raise_if_interrupted(e)
+        raise
     barrier()  # every rank's shards and RNG state are in tmp
     finish(None)
     barrier()
@@ -310,6 +314,15 @@ def load_checkpoint(path: Path, parts: dict, env: DistEnv, *, restore_rng: bool 
     return read_train_state(path)
 
 
+def raise_if_interrupted(error: CheckpointException) -> None:
+    """DCP reports a Ctrl-C during a save or load as one rank's failure: surface it as the
+    ``KeyboardInterrupt`` it is (an interrupted load must stop the run, not count as damage)."""
+    for failure in error.failures.values():
+        cause = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from error
+
+
 def _one_line(error: BaseException) -> str:
     """An error as one short line; for DCP's ``CheckpointException``, the first rank's cause."""
     if isinstance(error, CheckpointException) and error.failures:
@@ -325,6 +338,8 @@ def _try_load(path: Path, parts: dict, env: DistEnv) -> tuple[dict | None, str |
     try:
         state = load_checkpoint(path, parts, env)
     except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+        if isinstance(e, CheckpointException):
+            raise_if_interrupted(e)
         fault = _one_line(e)
     faults = all_gather_object(fault)
     bad = [f if len(faults) == 1 else f"rank {rank}: {f}" for rank, f in enumerate(faults) if f]

@@ -14,6 +14,7 @@ it as it was (``olmo2.train.run_folder``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from olmo2.model.loss import IGNORE_INDEX, shift_labels
 from olmo2.model.transformer import build_model
 from olmo2.train.checkpoint import checkpoint_fault, load_checkpoint, load_model_weights
 from olmo2.train.components import Checkpointer, GarbageCollection, HeldoutEval, MetricsWriter
-from olmo2.train.config import TrainConfig, save_train_config
+from olmo2.train.config import TrainConfig, load_train_config, save_train_config
 from olmo2.train.distributed import (
     DistEnv,
     all_gather_object,
@@ -187,8 +188,15 @@ def _init_from(cfg: TrainConfig, module: LMTrainModule, env: DistEnv) -> str:
 
 
 def _check_same_model(checkpoint: Path, cfg: TrainConfig) -> None:
-    """Refuse to resume a run folder whose checkpoint holds another model, naming the difference."""
-    found = read_config(checkpoint) if (checkpoint / "model").is_dir() else None
+    """Refuse to resume a run folder whose checkpoint holds another model, naming the difference.
+    The model is the checkpoint's HF export, else (``export_hf: false``) the run's ``config.yaml``,
+    which is written only by a run that started, so it is the one that saved the checkpoints."""
+    found, saved_config = None, checkpoint.parent / "config.yaml"
+    if (checkpoint / "model").is_dir():
+        found = read_config(checkpoint)
+    elif saved_config.is_file():
+        with contextlib.suppress(ConfigError):  # a config of an older layout: the load will tell
+            found = load_train_config(saved_config).model
     if found is None or found == cfg.model:
         return
     diffs = [
