@@ -117,6 +117,8 @@ COMMANDS = {
         arg("--max-tokens-per-file", type=POSITIVE, default=1 << 28, metavar="T", help="start a new token file "
             "before a document that would pass T tokens (default 2^28 = 1 GiB)"),
         arg("--strict", action="store_true", help="stop at the first bad record or file, naming FILE:LINE"),
+        arg("--drop-repeats", action="store_true", help="drop documents with >= 32 back-to-back repeats "
+            "of a 1-13-token span (spec §3.4), counted as skipped 'repeated n-grams'"),
         arg("--tokenizer", metavar="PATH", help="tokenizer.json (default: dolma2)"),
         arg("--backend", choices=["auto", "tiktoken", "tokenizers"], default="auto", help="encoder: auto "
             "(default) uses tiktoken when it reproduces tokenizers' ids, else tokenizers"),

@@ -15,7 +15,6 @@ from olmo2.data.loader import (
     ValidationLoader,
     batch_hash,
     gather_global,
-    repeated_ngram_mask,
 )
 from olmo2.data.mix import MixConfig, resolve_mix
 
@@ -206,22 +205,6 @@ def test_validation_loader_sequential(data):
     halves = [ValidationLoader([str(data / "b" / "*.npy")], SEQ, 2, rank=r, world_size=2) for r in (0, 1)]
     ids = sorted(np.concatenate([b["indices"] for h in halves for b in h]).tolist())
     assert ids == list(range(15))
-
-
-@pytest.mark.parametrize("period", [1, 2, 7, 13])
-def test_repeated_ngram_mask(period):
-    rng = np.random.default_rng(period)
-    gram = rng.integers(1, 50_000, period) + np.arange(period) * 50_000  # no shorter period inside
-    clean = rng.integers(0, 100_000, 4096)
-    for count, masked in ((32, True), (31, False)):
-        x = clean.copy()
-        x[100 : 100 + count * period] = np.tile(gram, count)
-        assert repeated_ngram_mask(x) is masked, (period, count)
-    assert not repeated_ngram_mask(clean)
-    batch = np.stack([clean, np.full(4096, 5)])
-    np.testing.assert_array_equal(repeated_ngram_mask(batch), [False, True])
-    long_gram = np.tile(rng.integers(0, 100_000, 14), 40)  # period 14 is beyond the filter
-    assert not repeated_ngram_mask(long_gram)
 
 
 def test_filter_repeats_flag(tmp_path):

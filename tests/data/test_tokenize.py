@@ -169,6 +169,28 @@ def test_bad_input_is_counted_and_located(tmp_path, tok):
     assert "skipped: empty_text 1, invalid_utf8 1, malformed_json 1, missing_text 1" in report.summary()
 
 
+def test_drop_repeats_drops_40_repeats_of_a_5_token_span_and_keeps_31(tmp_path, tok):
+    """Spec §3.4's data-time filter: >= 32 back-to-back repeats of a 1-13-token span. Each document
+    is its prose around a repeated 5-token span; only the one with 40 repeats is dropped, counted."""
+    span = " cat dog fish bird frog"
+    assert len(tok.encode(span)) == 5
+    texts = {"a": "Plain prose.", "b": "Start." + span * 40 + " End.", "c": "Start." + span * 31 + " End."}
+    write_jsonl(tmp_path / "in.jsonl", [{"id": k, "text": t} for k, t in texts.items()])
+    report = run([tmp_path / "in.jsonl"], tmp_path / "out", tok, drop_repeats=True, strict=True)
+    assert report.skipped == {"repeated n-grams": 1}
+    assert (report.documents_read, report.documents_written, report.documents_skipped) == (3, 2, 1)
+    assert report.examples == [
+        f"{tmp_path / 'in.jsonl'}:2: repeated n-grams: >= 32 repeats of a 1-13-token span"
+    ]
+    tokens = np.concatenate([read_tokens(p) for p in sorted((tmp_path / "out").glob("part-*.npy"))])
+    assert tokens.tolist() == expected_ids(tok, texts["a"]) + expected_ids(tok, texts["c"])
+    assert read_manifest(tmp_path / "out")["drop_repeats"] == {"max_period": 13, "min_repeats": 32}
+    plain = run([tmp_path / "in.jsonl"], tmp_path / "plain", tok)  # off by default: all three kept
+    assert plain.documents_written == 3 and "drop_repeats" not in read_manifest(tmp_path / "plain")
+    with pytest.raises(ValueError, match="drop_repeats"):  # one folder, one setting
+        run([tmp_path / "in.jsonl"], tmp_path / "out", tok)
+
+
 def test_strict_stops_naming_file_and_line(tmp_path, tok):
     d = bad_inputs(tmp_path / "in")
     with pytest.raises(TokenizeError, match=r"a\.jsonl:2: malformed_json"):

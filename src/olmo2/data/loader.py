@@ -28,6 +28,7 @@ import torch
 
 from olmo2.config import ConfigError
 from olmo2.data.mix import Mix, find_files
+from olmo2.data.repeats import repeated_ngram_mask
 from olmo2.data.token_files import DTYPE, read_tokens
 
 STATE_VERSION = 1
@@ -48,27 +49,6 @@ def batch_hash(batch) -> str:
 def gather_global(rank_parts: list[torch.Tensor]) -> torch.Tensor:
     """Rebuild the global batch, in global order, from every rank's rows (rank r holds rows r, r+W, ...)."""
     return torch.stack(list(rank_parts), dim=1).reshape(-1, rank_parts[0].shape[-1])
-
-
-def repeated_ngram_mask(instance, max_period: int = 13, min_count: int = 32):
-    """True where an instance holds >= ``min_count`` back-to-back repeats of a 1..``max_period``-token span.
-
-    Spec §3.4: such an instance is loss-masked *whole* (OLMo ``instance_filter``). Accepts [L] -> bool
-    or [n, L] -> bool array. ``min_count`` repeats of period p are a run of (min_count - 1)*p positions
-    with x[i] == x[i + p].
-    """
-    x = instance.numpy() if isinstance(instance, torch.Tensor) else np.asarray(instance)
-    single = x.ndim == 1
-    x = x.reshape(1, -1) if single else x
-    out = np.zeros(x.shape[0], dtype=bool)
-    for p in range(1, max_period + 1):
-        need = (min_count - 1) * p
-        if x.shape[1] - p < need:
-            break
-        eq = (x[:, p:] == x[:, :-p]).astype(np.int32)
-        run = np.concatenate([np.zeros((x.shape[0], 1), np.int32), np.cumsum(eq, axis=1)], axis=1)
-        out |= ((run[:, need:] - run[:, :-need]) == need).any(axis=1)
-    return bool(out[0]) if single else out
 
 
 class InstanceReader:

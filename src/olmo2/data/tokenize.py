@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from olmo2.data.documents import Chunk, ChunkReader, Document, Skip, find_inputs, plan_chunks
+from olmo2.data.repeats import MAX_PERIOD, MIN_REPEATS, repeated_ngram_mask
 from olmo2.data.token_files import (
     DTYPE,
     MANIFEST_FORMAT,
@@ -52,6 +53,7 @@ __all__ = [
 DEFAULT_MAX_TOKENS_PER_FILE = 1 << 28  # 1 GiB of uint32 per file
 DEFAULT_CHUNK_BYTES = 64 << 20
 MAX_EXAMPLES = 10  # skipped-record locations kept for the report and manifest
+REPEATS = "repeated n-grams"  # the skip reason of --drop-repeats
 _BATCH_CHARS, _BATCH_DOCS = 1 << 20, 1024
 _SAMPLE_BLOCKS, _SAMPLE_BYTES = 16, 64 << 10  # an input's fingerprint reads at most 1 MiB of it
 
@@ -277,12 +279,21 @@ class DocumentEncoder:
 
 
 # -- worker side --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RecordPolicy:
+    """What happens to a record beside encoding it: ``strict`` stops at the first bad one;
+    ``drop_repeats`` drops documents with repeated n-gram runs (spec §3.4), counted as skipped."""
+
+    strict: bool = False
+    drop_repeats: bool = False
+
+
 @dataclass
 class _WorkerState:
     """What every unit tokenized in a process shares: set once per worker process, or in the parent."""
 
     encoder: DocumentEncoder
-    strict: bool
+    policy: RecordPolicy
     spool_dir: str
     report_progress: Callable[[int, int], None]  # (bytes read, documents encoded) since the last report
 
@@ -304,11 +315,36 @@ class _UnitResult:
     error: tuple[str, int, str] | None = None  # FileError, or the first bad record under strict
 
 
-def _init_worker(encoder: DocumentEncoder, strict: bool, spool_dir: str, queue, one_thread: bool) -> None:
+def _init_worker(
+    encoder: DocumentEncoder, policy: RecordPolicy, spool_dir: str, queue, one_thread: bool
+) -> None:
     global _worker
     if one_thread:  # processes are the parallelism; a fallback to tokenizers must not oversubscribe
         os.environ.setdefault("RAYON_NUM_THREADS", "1")
-    _worker = _WorkerState(encoder, strict, spool_dir, lambda nbytes, docs: queue.put((nbytes, docs)))
+    _worker = _WorkerState(encoder, policy, spool_dir, lambda nbytes, docs: queue.put((nbytes, docs)))
+
+
+def _skip(result: _UnitResult, reason: str, line: int, detail: str) -> None:
+    result.skipped[reason] = result.skipped.get(reason, 0) + 1
+    if len(result.examples) < MAX_EXAMPLES:
+        result.examples.append((reason, line, detail))
+
+
+def _drop_repeated(
+    tokens: np.ndarray, lengths: np.ndarray, batch: list[Document], result: _UnitResult
+) -> tuple[np.ndarray, np.ndarray, list[Document]]:
+    """The batch without its documents that hold a repeated n-gram run (each counted as skipped)."""
+    ends = np.cumsum(lengths)
+    spans = list(zip((ends - lengths).tolist(), ends.tolist(), strict=True))
+    keep = [e - s < MIN_REPEATS or not repeated_ngram_mask(tokens[s:e]) for s, e in spans]
+    if all(keep):
+        return tokens, lengths, batch
+    for doc, kept in zip(batch, keep, strict=True):
+        if not kept:
+            _skip(result, REPEATS, doc.line, f">= {MIN_REPEATS} repeats of a 1-{MAX_PERIOD}-token span")
+    pieces = [tokens[s:e] for (s, e), kept in zip(spans, keep, strict=True) if kept]
+    kept_tokens = np.concatenate(pieces) if pieces else tokens[:0]
+    return kept_tokens, lengths[np.asarray(keep)], [d for d, kept in zip(batch, keep, strict=True) if kept]
 
 
 def _tokenize_unit(task: tuple[int, Chunk]) -> _UnitResult:
@@ -331,12 +367,16 @@ def _tokenize_unit(task: tuple[int, Chunk]) -> _UnitResult:
     with open(spool, "wb") as spool_file:
 
         def flush() -> None:
+            encoded = len(batch)
             tokens, lengths = worker.encoder.encode_documents([doc.text for doc in batch])
-            spool_file.write(memoryview(tokens).cast("B"))
+            kept = batch
+            if worker.policy.drop_repeats:
+                tokens, lengths, kept = _drop_repeated(tokens, lengths, batch, result)
+            spool_file.write(memoryview(np.ascontiguousarray(tokens)).cast("B"))
             lens.append(lengths)
-            lines.append(np.fromiter((doc.line for doc in batch), np.int64, len(batch)))
-            result.ids.extend(doc.id for doc in batch)
-            progress(0, len(batch))
+            lines.append(np.fromiter((doc.line for doc in kept), np.int64, len(kept)))
+            result.ids.extend(doc.id for doc in kept)
+            progress(0, encoded)
             batch.clear()
 
         for item in reader:
@@ -350,10 +390,8 @@ def _tokenize_unit(task: tuple[int, Chunk]) -> _UnitResult:
                 continue
             if isinstance(item, Skip):
                 result.read += 1
-                result.skipped[item.reason] = result.skipped.get(item.reason, 0) + 1
-                if len(result.examples) < MAX_EXAMPLES:
-                    result.examples.append((item.reason, item.line, item.detail))
-                if not worker.strict:
+                _skip(result, item.reason, item.line, item.detail)
+                if not worker.policy.strict:
                     continue
             result.error = (item.reason, item.line, item.detail)  # a FileError, or a Skip under strict
             break
@@ -368,7 +406,7 @@ def _tokenize_unit(task: tuple[int, Chunk]) -> _UnitResult:
 
 # -- parent side --------------------------------------------------------------------------------------
 def _unit_results(
-    tasks, workers: int, encoder: DocumentEncoder, strict: bool, spool_dir: str, bar
+    tasks, workers: int, encoder: DocumentEncoder, policy: RecordPolicy, spool_dir: str, bar
 ) -> Iterator[_UnitResult]:
     """Unit results in unit order, from this process (1 worker) or a pool of spawned processes."""
     global _worker
@@ -380,12 +418,12 @@ def _unit_results(
             bar.set_postfix_str(f"{bar.docs:,} docs", refresh=False)
 
     if workers <= 1 or len(tasks) <= 1:
-        _worker = _WorkerState(encoder, strict, spool_dir, advance)
+        _worker = _WorkerState(encoder, policy, spool_dir, advance)
         yield from map(_tokenize_unit, tasks)
         return
     ctx = mp.get_context("spawn")  # forking after tokenizers started its thread pool can deadlock
     queue = ctx.Queue()
-    initargs = (encoder, strict, spool_dir, queue, True)
+    initargs = (encoder, policy, spool_dir, queue, True)
     with ctx.Pool(min(workers, len(tasks)), _init_worker, initargs) as pool:
         results = pool.imap(_tokenize_unit, tasks)
         for _ in tasks:
@@ -444,6 +482,7 @@ def tokenize_documents(
     workers: int = 1,
     shard: tuple[int, int] = (0, 1),
     strict: bool = False,
+    drop_repeats: bool = False,
     tokenizer=None,
     max_tokens_per_file: int = DEFAULT_MAX_TOKENS_PER_FILE,
     progress: bool = True,
@@ -456,6 +495,8 @@ def tokenize_documents(
     without talking to each other. ``workers`` processes (0: one per CPU) never change the output.
     ``backend``: "auto" (tiktoken when it reproduces ``tokenizers`` exactly, else tokenizers),
     "tiktoken" or "tokenizers". ``tokenizer``: a Tokenizer, a tokenizer.json path, or None (dolma2).
+    ``drop_repeats``: drop documents with >= 32 back-to-back repeats of a 1-13-token span (spec §3.4's
+    data-time filter), counted under the skip reason "repeated n-grams".
     """
     start = time.perf_counter()
     if isinstance(inputs, (str, os.PathLike)):
@@ -478,6 +519,8 @@ def tokenize_documents(
         "max_tokens_per_file": max_tokens_per_file,
         "chunk_bytes": chunk_bytes,
         "eos_token_id": eos_token_id,
+        # only when on: output folders written before this filter existed keep their fingerprint
+        **({"drop_repeats": {"max_period": MAX_PERIOD, "min_repeats": MIN_REPEATS}} if drop_repeats else {}),
     }
     fingerprint = {
         "inputs": paths,  # their contents are in the manifest's inputs; a change re-tokenizes (open_checkpoint)
@@ -516,7 +559,8 @@ def tokenize_documents(
                     "totals": {},
                 }
             writer = TokenDirWriter(out, shard, manifest, max_tokens_per_file)
-            _write_token_files(writer, paths, chunk_bytes, workers, encoder, strict, progress)
+            policy = RecordPolicy(strict=strict, drop_repeats=drop_repeats)
+            _write_token_files(writer, paths, chunk_bytes, workers, encoder, policy, progress)
 
     totals = manifest["totals"]
     return TokenizeReport(
@@ -571,7 +615,7 @@ def _input_entry(path: str) -> dict:
 
 
 def _write_token_files(
-    writer: TokenDirWriter, paths, chunk_bytes, workers, encoder, strict: bool, progress: bool
+    writer: TokenDirWriter, paths, chunk_bytes, workers, encoder, policy: RecordPolicy, progress: bool
 ) -> None:
     """Tokenize the units from the checkpoint's resume point on, then mark the manifest complete."""
     out, (shard_index, shard_count), manifest = writer.out_dir, writer.shard, writer.manifest
@@ -597,11 +641,11 @@ def _write_token_files(
         bar.docs = 0
     tasks = [(unit, units[unit][0]) for unit in range(start, len(units))]
     try:
-        for result in _unit_results(tasks, workers, encoder, strict, str(spool), bar):
+        for result in _unit_results(tasks, workers, encoder, policy, str(spool), bar):
             chunk, input_index = units[result.index]
             input_entry = manifest["inputs"][input_index]
-            if strict and result.error is not None:  # raises, naming file and line
-                _merge_unit_stats(manifest, result, input_entry, chunk.path, strict)
+            if policy.strict and result.error is not None:  # raises, naming file and line
+                _merge_unit_stats(manifest, result, input_entry, chunk.path, policy.strict)
             tokens = read_tokens(result.spool)  # memory-mapped: a unit can be a multi-GB compressed file
             locations = (result.lines + input_entry["lines"]).tolist()
             writer.add(
@@ -614,7 +658,7 @@ def _write_token_files(
                 result.index,
             )
             os.unlink(result.spool)
-            _merge_unit_stats(manifest, result, input_entry, chunk.path, strict)
+            _merge_unit_stats(manifest, result, input_entry, chunk.path, policy.strict)
         writer.finish()
     finally:
         writer.abort()
