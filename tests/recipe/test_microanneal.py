@@ -14,6 +14,7 @@ from conftest import write_token_files
 
 from olmo2.config import ConfigError
 from olmo2.recipe.microanneal import MicroAnneal, load_microanneal
+from olmo2.train.config import load_train_config
 
 
 def _microanneal(tmp_path: Path, train_config, candidates: list[dict] | None = None) -> Path:
@@ -152,3 +153,17 @@ def test_microanneal_config_is_checked_before_training(tmp_path, train_config_di
     with pytest.raises(ConfigError, match=r"sources\[1\] \(qa\): no token files match"):
         MicroAnneal(load_microanneal(tmp_path / "bad.yaml")).run()
     assert not (tmp_path / "micro" / "stage1").exists()
+
+
+def test_shipped_demo_config_loads(monkeypatch):
+    """``configs/microanneal/demo.yaml``: its stage 1 and base anneal load, and the anneal ends at LR 0."""
+    monkeypatch.chdir(Path(__file__).parents[2])
+    cfg = load_microanneal("configs/microanneal/demo.yaml")
+    assert cfg.baseline.name == "prose_best" and {c.name: c.share for c in cfg.candidates} == {
+        "qa": 0.5,
+        "gsm": 0.5,
+    }
+    stage1 = load_train_config(cfg.stage1.config, cfg.stage1.overrides)
+    base = MicroAnneal(cfg).base_config()
+    assert base.model == stage1.model and base.data.seq_len == stage1.data.seq_len
+    assert cfg.anneal.tokens == 8 * base.data.seq_len * base.data.global_batch_size
