@@ -129,7 +129,10 @@ def concurrent_runs(ws: Workspace) -> Outcome:
         "the second exits 4 naming the holder; the first's files untouched",
         f"second {seen(second)}; first's config.yaml {'intact' if intact else 'REPLACED'}; "
         f"first then exit {proc.returncode} on SIGINT",
-        second.returncode == 4 and "in use by another run" in second.stderr and intact and proc.returncode == 130,
+        second.returncode == 4
+        and "in use by another run" in second.stderr
+        and intact
+        and proc.returncode == 130,
     )
 
 

@@ -152,6 +152,13 @@ COMMANDS = {
             help="override applied to every training run (repeatable), e.g. --train run.max_steps=10"),
         config=("olmo2.recipe.config:load_recipe", "recipe YAML (configs/recipe/...)"),
         show=lambda summary: f"report: {summary['report']}"),
+    "microanneal": command(
+        "short anneals on the baseline source and on 50/50 mixes of it with each candidate, compared",
+        "olmo2.recipe.microanneal:run_microanneal",
+        arg("--train", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override applied to every training run (repeatable), e.g. --train data.global_batch_size=8"),
+        config=("olmo2.recipe.microanneal:load_microanneal", "microanneal YAML (configs/microanneal/...)"),
+        show=lambda summary: summary["text"]),
     "plot": command(
         "draw loss, grad-norm and LR curves of a run to PNG", "olmo2.train.plot:plot_run",
         arg("run_dir", help="run folder (holds metrics.jsonl)"),

@@ -5,7 +5,8 @@
 
 Every step writes a marker (``OUT/.done/<step>.json``) when it completes and is skipped when its
 marker exists; a step killed half-way is simply run again, and training steps resume from their own
-latest checkpoint, so an interrupted recipe redoes only what was unfinished.
+latest checkpoint, so an interrupted recipe redoes only what was unfinished. ``Pipeline`` holds this
+machinery; ``olmo2 microanneal`` (``microanneal.py``) chains the same steps differently.
 
 Training steps run in this process, or, with ``launch.nproc_per_node`` above 1, each as a
 ``torchrun --standalone`` subprocess of ``olmo2 train|sft|dpo|rlvr`` on this machine; both return the
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -34,7 +36,7 @@ from olmo2.demo.posttrain_data import write_demo_data
 from olmo2.eval.runner import run_eval
 from olmo2.model.checkpoint import load_model
 from olmo2.posttrain.stages import stage_functions
-from olmo2.recipe.config import AnnealConfig, RecipeConfig, RecipeEvalConfig
+from olmo2.recipe.config import LaunchConfig, RecipeConfig, RecipeEvalConfig, StageOneConfig
 from olmo2.recipe.report import write_report
 from olmo2.recipe.soup import soup_checkpoints
 from olmo2.tokenizer import load_tokenizer
@@ -88,10 +90,25 @@ def _in_process_functions(stage: str) -> tuple[Callable, Callable]:
     return (load_train_config, train) if stage == "train" else stage_functions(stage)
 
 
-class Recipe:
-    """Runs (or resumes) a recipe; ``run()`` returns the report's summary."""
+class PipelineConfig(Protocol):
+    """What the shared steps read from a pipeline's config (``RecipeConfig``, ``MicroAnnealConfig``)."""
 
-    def __init__(self, cfg: RecipeConfig, overrides: list[str] | None = None):
+    out: str
+    stage1: StageOneConfig
+    eval: RecipeEvalConfig
+    demo_corpus: bool
+    variables: dict[str, str]
+    launch: LaunchConfig
+
+
+class Pipeline:
+    """The machinery of the resumable pipelines (``olmo2 recipe``, ``olmo2 microanneal``): the
+    ``OUT/.done/`` markers, training steps in process or under torchrun, stage 1, the hand-off LR and
+    the evaluation of a checkpoint. Subclasses chain the steps in their ``run()``."""
+
+    command = "recipe"  # names the pipeline in its log lines
+
+    def __init__(self, cfg: PipelineConfig, overrides: list[str] | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.done_dir = self.out / ".done"
@@ -116,9 +133,9 @@ class Recipe:
         """``work()``, timed and recorded as done; or, if an earlier run finished ``step``, its record."""
         done = self.done_record(step)
         if done is not None:
-            log(f"recipe: {step}: done already, skipped")
+            log(f"{self.command}: {step}: done already, skipped")
             return done
-        log(f"recipe: {step}: running")
+        log(f"{self.command}: {step}: running")
         start = time.perf_counter()
         info = work()
         info["seconds"] = round(time.perf_counter() - start, 1)
@@ -139,22 +156,8 @@ class Recipe:
         final = latest_checkpoint(save_folder)
         return {"checkpoint": str(final), "run_dir": str(save_folder), **summary}
 
-    def _posttrain_overrides(self, name: str, model: str) -> list[str]:
-        out = self.out / "posttrain"
-        extra = [f"model={model}", f"run.folder={out / name}"]
-        if self.cfg.posttrain and self.cfg.posttrain.demo_data:
-            extra.append(f"data={out / 'data' / f'{name}.jsonl'}")
-        return extra
-
-    def check_posttrain(self) -> None:
-        """Load every post-training config now, so a bad key fails before hours of pretraining."""
-        for name, config in self.cfg.posttrain.stages() if self.cfg.posttrain else []:
-            load, _ = stage_functions(name)
-            load(config, self._posttrain_overrides(name, "soup"))
-
     # -- the steps -----------------------------------------------------------------------------
     def prepare(self) -> None:
-        self.check_posttrain()
         if self.cfg.demo_corpus:
             self.variables.setdefault("OLMO2_DEMO_DATA", str(build_demo_corpus()))
 
@@ -170,9 +173,10 @@ class Recipe:
             ),
         )
 
-    def handoff_lr(self, stage1: dict, anneal: AnnealConfig) -> float:
-        if anneal.lr is not None:
-            return anneal.lr
+    def handoff_lr(self, stage1: dict, lr: float | None = None) -> float:
+        """An anneal's peak LR: ``lr`` if given, else the stage-1 LR at its final checkpoint."""
+        if lr is not None:
+            return lr
         state = Path(stage1["checkpoint"]) / "state.json"
         if state.is_file():
             saved = read_train_state(state.parent)
@@ -184,6 +188,44 @@ class Recipe:
             "set the anneal's lr (or stage1.lr) to the stage-1 LR at that checkpoint"
         )
 
+    def evaluate(self, name: str, checkpoint: str) -> dict:
+        def run() -> dict:
+            results: dict = {"checkpoint": checkpoint}
+            if self.cfg.eval.heldout:
+                results["heldout"] = heldout_bpb(checkpoint, self.cfg.eval, self.variables)
+            if self.cfg.eval.tasks:
+                out = self.out / "eval" / f"{name}.json"
+                tasks = run_eval(
+                    checkpoint, self.cfg.eval.tasks, limit=self.cfg.eval.limit, out=out, quiet=True
+                )
+                results["tasks"] = {task: metrics for task, metrics in tasks.items() if task != "settings"}
+            return results
+
+        return self.run_once(f"eval-{name}", run)
+
+
+class Recipe(Pipeline):
+    """Runs (or resumes) a recipe; ``run()`` returns the report's summary."""
+
+    cfg: RecipeConfig
+
+    def _posttrain_overrides(self, name: str, model: str) -> list[str]:
+        out = self.out / "posttrain"
+        extra = [f"model={model}", f"run.folder={out / name}"]
+        if self.cfg.posttrain and self.cfg.posttrain.demo_data:
+            extra.append(f"data={out / 'data' / f'{name}.jsonl'}")
+        return extra
+
+    def check_posttrain(self) -> None:
+        """Load every post-training config now, so a bad key fails before hours of pretraining."""
+        for name, config in self.cfg.posttrain.stages() if self.cfg.posttrain else []:
+            load, _ = stage_functions(name)
+            load(config, self._posttrain_overrides(name, "soup"))
+
+    def prepare(self) -> None:
+        self.check_posttrain()
+        super().prepare()
+
     def anneals(self, stage1: dict) -> list[dict]:
         runs = []
         for step, seed, anneal in self.cfg.anneal_runs():
@@ -191,7 +233,7 @@ class Recipe:
                 *anneal.overrides,
                 f"init.checkpoint={stage1['checkpoint']}",
                 f"data.seed={seed}",
-                f"optim.lr={self.handoff_lr(stage1, anneal)}",
+                f"optim.lr={self.handoff_lr(stage1, anneal.lr)}",
             ]
             work = functools.partial(self._train, step, anneal.config, self.out / step, extra)
             runs.append(self.run_once(step, work))
@@ -209,21 +251,6 @@ class Recipe:
             return {"checkpoint": str(out)}
 
         return self.run_once("soup", run)
-
-    def evaluate(self, name: str, checkpoint: str) -> dict:
-        def run() -> dict:
-            results: dict = {"checkpoint": checkpoint}
-            if self.cfg.eval.heldout:
-                results["heldout"] = heldout_bpb(checkpoint, self.cfg.eval, self.variables)
-            if self.cfg.eval.tasks:
-                out = self.out / "eval" / f"{name}.json"
-                tasks = run_eval(
-                    checkpoint, self.cfg.eval.tasks, limit=self.cfg.eval.limit, out=out, quiet=True
-                )
-                results["tasks"] = {task: metrics for task, metrics in tasks.items() if task != "settings"}
-            return results
-
-        return self.run_once(f"eval-{name}", run)
 
     def posttrain(self, start: str) -> dict[str, dict]:
         posttrain = self.cfg.posttrain
