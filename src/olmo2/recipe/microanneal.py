@@ -23,7 +23,7 @@ import yaml
 from olmo2.config import ConfigError, load_config
 from olmo2.data.mix import MixConfig, SourceConfig, parse_tokens, resolve_mix
 from olmo2.recipe.config import LaunchConfig, RecipeEvalConfig, StageOneConfig
-from olmo2.recipe.report import _metric_rows
+from olmo2.recipe.report import metric_rows
 from olmo2.recipe.runner import Pipeline
 from olmo2.train.config import TrainConfig, load_train_config
 
@@ -211,7 +211,7 @@ def write_microanneal_report(
     cfg: MicroAnnealConfig, out: Path, start: str, evals: dict, lr: float, steps: int, tokens: int
 ) -> dict:
     """``microanneal.md`` (the table), ``microanneal.json`` and ``microanneal.png``; returns the summary."""
-    names, rows = _metric_rows(evals)
+    names, rows = metric_rows(evals)
     base = rows[cfg.baseline.name]
     deltas = {
         anneal: {m: row[m] - base[m] for m in names if m in row and m in base} for anneal, row in rows.items()

@@ -47,7 +47,7 @@ def _plot_losses(out: Path, stage1: dict, anneals: list[dict], steps: list[str])
     return path
 
 
-def _metric_rows(evals: dict[str, dict]) -> tuple[list[str], dict[str, dict[str, float]]]:
+def metric_rows(evals: dict[str, dict]) -> tuple[list[str], dict[str, dict[str, float]]]:
     """Metric names and {checkpoint: {metric: value}}: held-out BPB (lower is better), task scores."""
     rows: dict[str, dict[str, float]] = {}
     names: list[str] = []
@@ -177,7 +177,7 @@ def write_report(
     flops.update({step: s1_flops + f for step, f in zip(steps, anneal_flops, strict=True)})
     if soup is not None:
         flops["soup"] = s1_flops + sum(anneal_flops)  # every ingredient counts (spec §8)
-    names, rows = _metric_rows(evals)
+    names, rows = metric_rows(evals)
     plots = [_plot_losses(out, stage1, anneals, steps), _plot_metrics(out, names, rows)]
 
     lines = [f"# Recipe report: {cfg.name}", ""]
