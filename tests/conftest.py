@@ -140,6 +140,13 @@ def train_config(tmp_path: Path, **sections) -> dict:
 
 
 @pytest.fixture
+def write_tokens():
+    """``write_token_files`` for test modules: a module cannot import it from this conftest reliably
+    (``tests/eval/conftest.py`` shadows the name ``conftest`` once collected)."""
+    return write_token_files
+
+
+@pytest.fixture
 def train_config_dict(tmp_path):
     """``train_config_dict(**section_overrides) -> dict``: a training config over token files in tmp_path."""
     return lambda **sections: train_config(tmp_path, **sections)

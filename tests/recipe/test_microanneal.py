@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import write_token_files
 
 from olmo2.config import ConfigError
 from olmo2.recipe.microanneal import MicroAnneal, load_microanneal
 from olmo2.train.config import load_train_config
 
 
-def _microanneal(tmp_path: Path, train_config, candidates: list[dict] | None = None) -> Path:
+def _microanneal(tmp_path: Path, train_config, write_tokens, candidates: list[dict] | None = None) -> Path:
     """Stage 1 (4 steps) on the fixture's data; anneals of 3 steps of 8 x 32 tokens from its checkpoint.
     Baseline: the fixture's training files; candidates: two other token sets."""
     stage1 = train_config(run={"max_steps": 4, "folder": "unused"})
@@ -28,7 +27,7 @@ def _microanneal(tmp_path: Path, train_config, candidates: list[dict] | None = N
     stage2["checkpoint"] = {"save_every": 1, "keep_last": 1}
     (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(stage2))
     for seed, name in enumerate(("qa", "gsm"), start=1):
-        write_token_files(tmp_path / "data" / name, n_files=1, tokens=3000, seed=seed)
+        write_tokens(tmp_path / "data" / name, n_files=1, tokens=3000, seed=seed)
     config = {
         "name": "tiny",
         "out": str(tmp_path / "micro"),
@@ -51,10 +50,10 @@ def _microanneal(tmp_path: Path, train_config, candidates: list[dict] | None = N
 
 
 def test_microanneal_runs_baseline_and_candidates_and_tabulates_deltas(
-    tmp_path, monkeypatch, train_config_dict
+    tmp_path, monkeypatch, train_config_dict, write_tokens
 ):
     monkeypatch.setattr("olmo2.recipe.runner._token_byte_lengths", lambda tok, size: torch.full((size,), 2.0))
-    summary = MicroAnneal(load_microanneal(_microanneal(tmp_path, train_config_dict))).run()
+    summary = MicroAnneal(load_microanneal(_microanneal(tmp_path, train_config_dict, write_tokens))).run()
     out = tmp_path / "micro"
     assert sorted(p.stem for p in (out / ".done").glob("*.json")) == [
         "anneal-gsm",
@@ -103,9 +102,9 @@ def test_microanneal_runs_baseline_and_candidates_and_tabulates_deltas(
     assert (out / "microanneal.png").stat().st_size > 0
 
 
-def test_killed_microanneal_reruns_only_unfinished_steps(tmp_path, train_config_dict, capfd):
+def test_killed_microanneal_reruns_only_unfinished_steps(tmp_path, train_config_dict, write_tokens, capfd):
     """The killed microanneal is an ``olmo2 microanneal`` process; the rerun runs in this one."""
-    config = _microanneal(tmp_path, train_config_dict)
+    config = _microanneal(tmp_path, train_config_dict, write_tokens)
     out = tmp_path / "micro"
     proc = subprocess.Popen(
         [sys.executable, "-m", "olmo2.cli", "microanneal", str(config)], stderr=subprocess.DEVNULL
@@ -130,9 +129,9 @@ def test_killed_microanneal_reruns_only_unfinished_steps(tmp_path, train_config_
     assert (out / "microanneal.md").is_file()
 
 
-def test_microanneal_config_is_checked_before_training(tmp_path, train_config_dict):
+def test_microanneal_config_is_checked_before_training(tmp_path, train_config_dict, write_tokens):
     """Bad shares, names, a schedule that does not end at 0 or a missing source fail before stage 1."""
-    config = _microanneal(tmp_path, train_config_dict)
+    config = _microanneal(tmp_path, train_config_dict, write_tokens)
     data = yaml.safe_load(config.read_text())
     bad = {
         "share must be below 1": {"candidates": [dict(data["candidates"][0], share=1.0)]},
