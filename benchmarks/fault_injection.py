@@ -107,16 +107,22 @@ class Workspace:
         return path
 
 
-def concurrent_runs(ws: Workspace) -> Outcome:
-    first = ws.train_config("shared", run={"max_steps": 400})
+def start_training(ws: Workspace, name: str) -> subprocess.Popen:
+    """A long ``olmo2 train`` in the background, returned once it has logged its first step."""
+    config = ws.train_config(name, run={"max_steps": 400})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "olmo2.cli", "train", str(first)],
+        [sys.executable, "-m", "olmo2.cli", "train", str(config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
     )  # fmt: skip
-    metrics = ws.root / "shared" / "metrics.jsonl"
+    metrics = ws.root / name / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.is_file() and metrics.stat().st_size):
         time.sleep(0.1)
+    return proc
+
+
+def concurrent_runs(ws: Workspace) -> Outcome:
+    proc = start_training(ws, "shared")
     config_before = (ws.root / "shared" / "config.yaml").read_bytes()
     second = olmo2(
         "train", ws.train_config("shared-2", run={"folder": str(ws.root / "shared")}), "optim.lr=1e-3"
@@ -203,15 +209,7 @@ def refused_resume(ws: Workspace) -> Outcome:
 
 
 def interrupted(ws: Workspace) -> Outcome:
-    config = ws.train_config("interrupted", run={"max_steps": 400})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "olmo2.cli", "train", str(config)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
-    metrics = ws.root / "interrupted" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.is_file() and metrics.stat().st_size):
-        time.sleep(0.1)
+    proc = start_training(ws, "interrupted")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     return Outcome(
