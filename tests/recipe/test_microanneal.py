@@ -137,6 +137,9 @@ def test_microanneal_config_is_checked_before_training(tmp_path, train_config_di
         "share must be below 1": {"candidates": [dict(data["candidates"][0], share=1.0)]},
         "'web' is used twice": {"candidates": [dict(data["candidates"][0], name="web")]},
         "baseline's share is 1 minus": {"baseline": dict(data["baseline"], share=0.5)},
+        "source name 'q/a' must be letters, digits": {
+            "candidates": [dict(data["candidates"][0], name="q/a")]
+        },
     }
     for message, change in bad.items():
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**data, **change}))

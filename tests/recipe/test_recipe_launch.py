@@ -69,6 +69,25 @@ def test_launch_keys_are_validated_on_load(tmp_path):
         load_recipe(path, ["launch.torchrun_args=[train.py]"])
 
 
+def test_anneal_entries_are_validated_on_load(tmp_path):
+    """Each anneal run is a step and a run folder: entries need distinct, folder-safe names."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "out": "o", "stage1": {"config": "c"}, "anneals": []}))
+    with pytest.raises(ConfigError, match="anneals: give at least one entry"):
+        load_recipe(path)
+    two = "anneals=[{config: a, seeds: [1, 2]}, {config: b, seeds: [2]}]"
+    with pytest.raises(
+        ConfigError, match="two runs would both be anneal-seed2; give the entries distinct names"
+    ):
+        load_recipe(path, [two])
+    with pytest.raises(ConfigError, match="name '100b/x' must be letters, digits, - or _"):
+        load_recipe(path, ["anneals=[{config: a, name: 100b/x}]"])
+    with pytest.raises(ConfigError, match="soup_weights: 1 weights for 3 anneal runs"):
+        load_recipe(path, [two.replace("[2]}", "[2], name: long}"), "soup_weights=[1.0]"])
+    cfg = load_recipe(path, [two.replace("[2]}", "[2], name: long}")])
+    assert [step for step, _, _ in cfg.anneal_runs()] == ["anneal-seed1", "anneal-seed2", "anneal-long-seed2"]
+
+
 def test_stage_command_summary_and_failure(capfd):
     ok = "import json; print('a log line'); print(json.dumps({'model': 'm', 'steps': 2})); print('done')"
     assert run_stage_command("posttrain-sft", [sys.executable, "-c", ok]) == {"model": "m", "steps": 2}

@@ -10,6 +10,12 @@ from pathlib import Path
 from olmo2.config import load_config
 
 
+def check_step_name(name: str, what: str) -> None:
+    """A name that becomes a recipe step and a run folder: letters, digits, - and _ only."""
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"{what} {name!r} must be letters, digits, - or _ (it names run folders)")
+
+
 @dataclass
 class StageOneConfig:
     config: str | None = None  # training config for stage 1
@@ -36,8 +42,8 @@ class AnnealConfig:
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
-        if self.name and not self.name.replace("-", "").replace("_", "").isalnum():
-            raise ValueError(f"name {self.name!r} must be letters, digits, - or _ (it names run folders)")
+        if self.name:
+            check_step_name(self.name, "name")
 
     def steps(self) -> list[tuple[str, int]]:
         """``(recipe step, data seed)`` of each run of this entry."""

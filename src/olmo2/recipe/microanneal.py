@@ -22,7 +22,7 @@ import yaml
 
 from olmo2.config import ConfigError, load_config
 from olmo2.data.mix import MixConfig, SourceConfig, parse_tokens, resolve_mix
-from olmo2.recipe.config import LaunchConfig, RecipeEvalConfig, StageOneConfig
+from olmo2.recipe.config import LaunchConfig, RecipeEvalConfig, StageOneConfig, check_step_name
 from olmo2.recipe.report import metric_rows
 from olmo2.recipe.runner import Pipeline
 from olmo2.train.config import TrainConfig, load_train_config
@@ -62,10 +62,7 @@ class MicroAnnealConfig:
             raise ValueError("baseline.share: the baseline's share is 1 minus each candidate's share")
         names = [self.baseline.name, *(c.name for c in self.candidates)]
         for source in (self.baseline, *self.candidates):
-            if not source.name.replace("-", "").replace("_", "").isalnum():
-                raise ValueError(
-                    f"source name {source.name!r}: letters, digits, - or _ (it names run folders)"
-                )
+            check_step_name(source.name, "source name")
             if source.tokens is not None:
                 raise ValueError(f"source {source.name!r}: tokens: the anneal's length is anneal.tokens")
             if source.name == "stage1":
