@@ -241,6 +241,7 @@ def test_pack_examples_keeps_every_example_whole():
         pack_examples([ex(range(8))], seq_len=7)
     fixed = collate(rows, length=8)
     assert fixed.input_ids.shape == (3, 8) and fixed.segment_ids[0].tolist() == [1, 1, 1, 2, 2, 2, 2, 0]
+    assert fixed.example_lengths() == [3, 4, 2, 5, 1, 6]  # what SFT's MFU counts: padding left out
     with pytest.raises(ValueError, match="length"):
         collate(rows, length=6)
 

@@ -453,6 +453,13 @@ class SFTBatch:
     def n_targets(self) -> int:
         return int((self.labels != IGNORE_INDEX).sum())
 
+    def example_lengths(self) -> list[int]:
+        """Tokens of each example (segment) in the batch, padding left out."""
+        seg = self.segment_ids.long()
+        rows = torch.arange(seg.shape[0], device=seg.device).unsqueeze(1) * (int(seg.max()) + 1)
+        counts = torch.bincount((rows + seg)[seg > 0])
+        return counts[counts > 0].tolist()
+
     def attention_mask_4d(self) -> torch.Tensor:
         """Boolean [B, 1, T, T]: causal and within the same segment (True = may attend)."""
         seg = self.segment_ids

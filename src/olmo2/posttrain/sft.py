@@ -38,7 +38,7 @@ from olmo2.train.engine import (
     chunks,
     global_count,
 )
-from olmo2.train.monitor import flops_per_token
+from olmo2.train.monitor import model_flops
 from olmo2.train.optim import OptimConfig
 from olmo2.train.runtime import autocast, sync_gradients
 
@@ -77,7 +77,7 @@ class SFTModule(TrainModule):
         cfg = run.cfg
         self.run, self.cfg, self.model, self.items = run, cfg, model, items
         self.optim = ScheduledOptimizer(model, cfg.optim, cfg.schedule, total_steps)
-        self.flops_per_token = flops_per_token(model.config, cfg.max_seq_len)
+        self.model_config = model.config
         self.peak_flops = run.peak_flops
 
     def parts(self) -> dict[str, Part]:
@@ -90,8 +90,9 @@ class SFTModule(TrainModule):
         collated = [collate(mb, length=cfg.max_seq_len if cfg.packing else None) for mb in micro]
         # Counted on the collated tensors: a Python pass over every label would cost the step time.
         n_targets = global_count(sum(b.n_targets for b in collated), env.device).clamp(min=1.0)
-        # [CE summed over targets, tokens (not padding), examples], over this rank's micro-batches
-        sums = torch.zeros(3, device=env.device)
+        # [CE summed over targets, tokens (not padding), examples, model FLOPs], over this rank's
+        # micro-batches. The FLOPs follow the examples' own lengths, and only targets reach the LM head.
+        sums = torch.zeros(4, device=env.device)
         for i, (mb, b) in enumerate(zip(micro, collated, strict=True)):
             kwargs = {}
             if cfg.packing:
@@ -119,7 +120,10 @@ class SFTModule(TrainModule):
                 [
                     out.ce_loss.detach() * norm,
                     (b.segment_ids > 0).sum().to(sums),
-                    torch.tensor(float(n_examples)),
+                    torch.tensor(float(n_examples), device=env.device),
+                    torch.tensor(
+                        model_flops(self.model_config, b.example_lengths(), b.n_targets), device=env.device
+                    ),
                 ]
             )
         sums = all_reduce_sum(sums)
@@ -127,7 +131,7 @@ class SFTModule(TrainModule):
         outcome = apply_update(
             [self.optim.update_part], torch.cat([sums[:1] / n_targets, sums[1:], n_targets.reshape(1)]), guard
         )
-        loss, n_tokens, n_examples, targets = outcome.values
+        loss, n_tokens, n_examples, flops, targets = outcome.values
         return {
             "loss": loss,
             **outcome.record(),
@@ -135,6 +139,7 @@ class SFTModule(TrainModule):
             "n_targets": int(targets),
             "n_tokens": int(n_tokens),
             "n_examples": int(n_examples),
+            "model_flops": flops,
         }
 
 

@@ -296,11 +296,14 @@ class Trainer:
         self.tokens += n_tokens
         self.lr = record.get("lr", self.lr)
         record.update(tokens=self.tokens, step_time=elapsed)
+        # A module whose rows differ in length (SFT) counts its step's FLOPs itself (``model_flops``).
+        flops = record.pop("model_flops", None)
         if n_tokens:
             record["tokens_per_sec"] = n_tokens / elapsed
-            if self.module.flops_per_token and self.module.peak_flops:
-                peak = self.module.peak_flops * self.env.world_size
-                record["mfu"] = self.module.flops_per_token * record["tokens_per_sec"] / peak
+            if flops is None and self.module.flops_per_token:
+                flops = self.module.flops_per_token * n_tokens
+            if flops and self.module.peak_flops:
+                record["mfu"] = flops / elapsed / (self.module.peak_flops * self.env.world_size)
 
     def _halted(self, skips: int, record: dict) -> TrainingHalted:
         if self.checkpointer is not None:

@@ -124,14 +124,24 @@ class SpikeDetector:
         self.values.extend(values)
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6·(matmul params) + attention scores/values (PaLM's convention).
+def model_flops(cfg: ModelConfig, lengths: Sequence[int], lm_head_tokens: int | None = None) -> float:
+    """Training FLOPs of one forward and backward pass over sequences of ``lengths`` tokens, each
+    attending within itself: 6·(matmul params)·tokens + attention scores/values (PaLM's convention).
 
-    The input embedding is a lookup, not a matmul, so it is left out; the LM head is in.
+    The input embedding is a lookup, not a matmul, so it is left out. The LM head counts for
+    ``lm_head_tokens`` positions (all by default; SFT sends only its targets there).
     """
     d, L, f, kv = cfg.d_model, cfg.n_layers, cfg.mlp_hidden, cfg.n_kv_heads * cfg.head_dim
-    matmul_params = L * (2 * d * d + 2 * d * kv + 3 * d * f) + d * cfg.embedding_size
-    return 6.0 * matmul_params + 12.0 * L * d * seq_len
+    body_params = L * (2 * d * d + 2 * d * kv + 3 * d * f)
+    tokens = sum(lengths)
+    head_tokens = tokens if lm_head_tokens is None else lm_head_tokens
+    attention = 12.0 * L * d * sum(n * n for n in lengths)
+    return 6.0 * body_params * tokens + 6.0 * d * cfg.embedding_size * head_tokens + attention
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token of full ``seq_len`` rows (pretraining): see ``model_flops``."""
+    return model_flops(cfg, [seq_len]) / seq_len
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
