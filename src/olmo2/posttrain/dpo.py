@@ -33,7 +33,7 @@ from olmo2.posttrain.data import PreferenceExample, collate, load_preferences
 from olmo2.posttrain.losses import dpo_loss
 from olmo2.train.distributed import all_gather_cat, all_reduce_sum, broadcast_object
 from olmo2.train.engine import Part, ScheduledOptimizer, SpikeGuard, TrainModule, apply_update, chunks
-from olmo2.train.monitor import flops_per_token
+from olmo2.train.monitor import model_flops
 from olmo2.train.optim import OptimConfig
 from olmo2.train.runtime import autocast, sync_gradients
 from olmo2.train.schedule import ScheduleConfig
@@ -136,7 +136,7 @@ class DPOModule(TrainModule):
         # The optimizer takes the parameters before any forward: FSDP2 leaves the root's parameters
         # gathered after a forward without backward, and AdamW must hold the sharded ones.
         self.optim = ScheduledOptimizer(model, cfg.optim, cfg.schedule, total_steps)
-        self.flops_per_token = flops_per_token(model.config, cfg.max_seq_len)
+        self.model_config = model.config
         self.peak_flops = run.peak_flops
         self.ref, self.reference_loaded = cached_reference_logps(model, pairs, run)  # model = reference now
 
@@ -149,7 +149,8 @@ class DPOModule(TrainModule):
         micro = chunks(batch, cfg.micro_batch_size)
         # [loss, margin, accuracy, chosen log-p, rejected log-p] summed over pairs, then the tokens
         # run forward and backward (prompts included: the throughput counts what the model processed)
-        sums = torch.zeros(6, device=env.device)
+        # and their model FLOPs
+        sums = torch.zeros(7, device=env.device)
         for i, mb in enumerate(micro):
             with sync_gradients(self.model, i == len(micro) - 1):
                 s, n = _pair_logps(self.model, [self.pairs[j] for j in mb], self.run)
@@ -167,6 +168,7 @@ class DPOModule(TrainModule):
                 )
                 (res.losses.sum() / cfg.batch_size * env.world_size).backward()
             s = s.detach()
+            lengths = [len(seq) for p in (self.pairs[j] for j in mb) for seq in (p.chosen, p.rejected)]
             sums += torch.stack(
                 [
                     res.losses.detach().sum(),
@@ -174,16 +176,15 @@ class DPOModule(TrainModule):
                     (res.margins > 0).float().sum(),
                     s[0].sum(),
                     s[1].sum(),
-                    torch.tensor(
-                        float(sum(len(p.chosen) + len(p.rejected) for p in (self.pairs[j] for j in mb)))
-                    ),
+                    torch.tensor(float(sum(lengths)), device=env.device),
+                    torch.tensor(model_flops(self.model_config, lengths), device=env.device),
                 ]
             )
         sums = all_reduce_sum(sums)
         outcome = apply_update(
             [self.optim.update_part], torch.cat([sums[:5] / cfg.batch_size, sums[5:]]), guard
         )
-        loss, margin, accuracy, chosen, rejected, n_tokens = outcome.values
+        loss, margin, accuracy, chosen, rejected, n_tokens, flops = outcome.values
         return {
             "loss": loss,
             "margin": margin,
@@ -193,6 +194,7 @@ class DPOModule(TrainModule):
             **outcome.record(),
             "lr": lr,
             "n_tokens": int(n_tokens),
+            "model_flops": flops,
         }
 
 

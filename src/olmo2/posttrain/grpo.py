@@ -24,7 +24,7 @@ from olmo2.train.engine import (
     chunks,
     global_count,
 )
-from olmo2.train.monitor import flops_per_token
+from olmo2.train.monitor import model_flops
 from olmo2.train.runtime import sync_gradients
 
 __all__ = ["GRPOModule"]
@@ -42,7 +42,7 @@ class GRPOModule(TrainModule):
         self.run, self.cfg, self.model, self.ref = run, cfg, model, ref
         self.sample = RolloutSampler(run, model, prompts)
         self.optim = ScheduledOptimizer(model, cfg.optim, cfg.schedule, total_steps)
-        self.flops_per_token = flops_per_token(model.config, cfg.max_prompt_len + cfg.max_new_tokens)
+        self.model_config = model.config
         self.peak_flops = run.peak_flops
 
     def parts(self) -> dict[str, Part]:
@@ -88,10 +88,13 @@ class GRPOModule(TrainModule):
                     res.clip_frac * mask.sum(),
                 ]
             )
-        trained = torch.tensor([float(sum(len(x) for x in seqs))], device=env.device)  # prompts too
+        lengths = [len(x) for x in seqs]  # prompts too: the throughput counts what the model processed
+        trained = torch.tensor(
+            [float(sum(lengths)), model_flops(self.model_config, lengths)], device=env.device
+        )
         values = all_reduce_sum(torch.cat([sums, trained, roll.sums(env.device).float()]))  # one collective
         outcome = apply_update([self.optim.update_part], values, guard)
-        loss, policy_loss, kl, clipped, n_tokens, *rollout = outcome.values
+        loss, policy_loss, kl, clipped, n_tokens, flops, *rollout = outcome.values
         return {
             "loss": loss,
             **rollout_metrics(rollout),
@@ -101,4 +104,5 @@ class GRPOModule(TrainModule):
             **outcome.record(),
             "lr": lr,
             "n_tokens": int(n_tokens),
+            "model_flops": flops,
         }
