@@ -165,7 +165,7 @@ def test_cli_imports_then_shows_the_mix(tmp_path, write_tokens, capsys):
     out = tmp_path / "mix.yaml"
     assert main(["mix", "import", str(listing), "--root", str(root), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "8 lines = 6 entries + 2 comments or blank; 5 files (1 entries repeat a file)" in printed
+    assert "8 lines = 6 entries + 2 comments or blank; 6 entries = 5 files + 1 repeats of a file" in printed
     assert yaml.safe_load(out.read_text())["variables"] == {"MIX_ROOT": str(root)}
     assert main(["mix", "show", str(out), "--seq-len", str(SEQ)]) == 0
     assert "web" in capsys.readouterr().out

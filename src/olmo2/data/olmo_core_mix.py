@@ -77,7 +77,7 @@ class MixImport:
         repeats = self.entries - self.files
         rows = [
             f"{self.list_path}: {self.lines} lines = {self.entries} entries + {self.skipped} comments or "
-            f"blank; {self.files} files ({repeats} entries repeat a file)",
+            f"blank; {self.entries} entries = {self.files} files + {repeats} repeats of a file",
             f"wrote {self.out}: {len(self.sources)} sources, "
             + ("shares" if self.config.mode == "shares" else "as-is (no shares: each file read once)"),
             f"{'source':<36} {'files':>6} {'entries':>7} {'tokens':>10} {'share':>8} {'x':>6}",
@@ -216,9 +216,9 @@ def _yaml_text(result: MixImport, root: str, tokenizer: str) -> str:
         "sources:",
     ]
     for s, sc in zip(result.sources, cfg.sources, strict=True):
-        tokens = "" if s.tokens is None else f", {s.tokens} tokens"
+        tokens = "" if s.tokens is None else f", tokens {s.tokens}"
         text.append(
-            f"# {s.label}: {len(s.entries)} entries from line {s.first_line}, {len(s.files)} files{tokens}"
+            f"# {s.label}: entries {len(s.entries)} (first at line {s.first_line}), files {len(s.files)}{tokens}"
         )
         entry = {"name": sc.name, "paths": sc.paths}
         if sc.share is not None:
