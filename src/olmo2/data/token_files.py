@@ -104,19 +104,37 @@ class DocumentSpan:
 def document_spans(path: str | os.PathLike, eos_token_id: int = EOS_TOKEN_ID) -> list[DocumentSpan]:
     """The documents of a token file: from its ``.csv.gz`` sidecar, else found by the EOS after each one.
 
-    The fallback serves raw files without metadata; it splits a document that contains EOS as text.
+    The sidecar has ``start,end,id,src,loc`` rows (ours, the Dolma toolkit's) or ``start,end`` rows
+    (OLMo-core's ``write_document_indices``). The fallback serves raw files without metadata; it
+    splits a document that contains EOS as text.
     """
     meta = metadata_path(path)
     if meta.is_file():
         with gzip.open(meta, "rt", encoding="utf-8", newline="") as f:
-            return [
-                DocumentSpan(int(s), int(e), i, src, int(loc or 0)) for s, e, i, src, loc in csv.reader(f)
-            ]
+            return _read_spans(meta, csv.reader(f), count_tokens(path))
     tokens = read_tokens(path)
     ends = (np.flatnonzero(tokens == eos_token_id) + 1).tolist()
     if len(tokens) and (not ends or ends[-1] != len(tokens)):
         ends.append(len(tokens))  # a trailing document without EOS
     return [DocumentSpan(s, e) for s, e in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+def _read_spans(meta: Path, rows: Iterable[list[str]], n_tokens: int) -> list[DocumentSpan]:
+    """Metadata rows -> spans, refusing a row that is malformed or points outside the token file."""
+    spans = []
+    for line, row in enumerate(rows, 1):
+        try:
+            if len(row) not in (2, 5):
+                raise ValueError(f"{len(row)} columns, expected start,end or start,end,id,src,loc")
+            span = DocumentSpan(int(row[0]), int(row[1]))
+            if len(row) == 5:
+                span = DocumentSpan(span.start, span.end, row[2], row[3], int(row[4] or 0))
+            if not 0 <= span.start < span.end <= n_tokens:
+                raise ValueError(f"span {span.start},{span.end} is not inside the file's {n_tokens} tokens")
+        except ValueError as e:
+            raise TokenFileError(f"{meta}:{line}: {e}") from None
+        spans.append(span)
+    return spans
 
 
 class TokenFile:
