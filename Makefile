@@ -10,12 +10,12 @@ DEMO   := runs/demo
 
 # ai2-olmo-core is a test-only peer (checkpoint interop). Its cached-path dependency pins
 # huggingface-hub<2, which transformers 5 cannot share, so it is installed without resolving;
-# what the tests import of it needs only these four packages and the dev extra.
+# what the tests import of it needs only these five packages and the dev extra.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps ai2-olmo-core==3.0.0 cached-path==1.8.10 \
-		dataclass-extensions==0.5.0 bettermap==1.3.1
+		dataclass-extensions==0.5.0 bettermap==1.3.1 importlib_resources==7.1.0
 	touch $@
 
 setup: $(STAMP)

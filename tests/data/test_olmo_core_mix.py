@@ -3,8 +3,6 @@ counts over real files, and a clear error naming the line for each kind of bad i
 
 from __future__ import annotations
 
-import importlib.resources
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -27,21 +25,14 @@ def olmo_core_listing(name: str, root: str) -> tuple[list[str], list[str]]:
     return mixes.DataMix(name).build(root, TOKENIZER)
 
 
-@pytest.fixture
-def olmo_core_reader(monkeypatch):
-    """OLMo-core reads its lists through the ``importlib_resources`` backport; the stdlib has the same API."""
-    monkeypatch.setitem(sys.modules, "importlib_resources", importlib.resources)
-    return olmo_core_listing
-
-
 def shipped(name: str) -> Path:
     return Path(mixes.__file__).parent / f"{name}.txt"
 
 
 @pytest.mark.parametrize("name", ["dolma17", "OLMoE-mix-0824"])
-def test_shipped_lists_import_as_olmo_core_reads_them(name, tmp_path, olmo_core_reader):
+def test_shipped_lists_import_as_olmo_core_reads_them(name, tmp_path):
     root = "s3://ai2-llm"
-    paths, labels = olmo_core_reader(name, root)
+    paths, labels = olmo_core_listing(name, root)
     result = import_mix_list(shipped(name), root, tmp_path / "mix.yaml", TOKENIZER, sizes=False)
 
     assert result.lines == len(shipped(name).read_text().splitlines())
@@ -57,8 +48,8 @@ def test_shipped_lists_import_as_olmo_core_reads_them(name, tmp_path, olmo_core_
     assert len(result.sources) == len(set(labels))
 
 
-def test_given_shares_for_every_label_touch_no_file(tmp_path, olmo_core_reader):
-    _, labels = olmo_core_reader("dolma17", "/nowhere")
+def test_given_shares_for_every_label_touch_no_file(tmp_path):
+    _, labels = olmo_core_listing("dolma17", "/nowhere")
     share = 1 / len(set(labels))
     given = [(label, share) for label in dict.fromkeys(labels)]
     result = import_mix_list(shipped("dolma17"), str(tmp_path / "nowhere"), tmp_path / "m.yaml", shares=given)
