@@ -281,3 +281,23 @@ def test_metadata_that_would_run_code_is_refused(tmp_path, capsys):
     )
     assert "which DCP metadata never holds; not loading it" in capsys.readouterr().err
     assert not (tmp_path / "pwned").exists()
+
+
+def test_group_settings_come_from_the_config_with_a_note(
+    make_train_config, olmo_core_checkpoints, tmp_path, capsys
+):
+    config = make_train_config(model=MODEL, optim={"eps": 1e-6, "embedding_weight_decay": 0.1})
+    src, _ = olmo_core_checkpoints["plain"]
+    assert main(["convert", "from-olmo-core", str(src), str(tmp_path / "ours"), "--config", str(config)]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: eps 1e-08 -> 1e-06 for model.layers.0.self_attn.q_proj.weight, model.layers.0.self_attn.k_proj.weight, "
+        "model.layers.0.self_attn.v_proj.weight, model.layers.0.self_attn.o_proj.weight, "
+        "model.layers.0.self_attn.q_norm.weight (+20 more) (from the config)",
+        "note: weight_decay 0.0 -> 0.1 for model.embed_tokens.weight (from the config)",
+    ]
+    _, optimizer = load_ours(tmp_path / "ours")
+    assert {(g["name"], g["eps"], g["weight_decay"]) for g in optimizer.param_groups} == {
+        ("decayed", 1e-6, 0.1),
+        ("embedding", 1e-6, 0.1),
+    }
