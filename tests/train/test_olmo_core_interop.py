@@ -187,7 +187,7 @@ def test_import_keeps_moments_and_trains_on_alike(olmo_core_checkpoints, layout,
         assert float(optimizer.state[param]["step"]) == float(optim.state[twin]["step"]) == 3.0
 
 
-def test_export_round_trips_to_olmo_core(olmo_core_checkpoints, tmp_path):
+def test_export_round_trips_to_olmo_core(olmo_core_checkpoints, tmp_path, capsys):
     src, _ = olmo_core_checkpoints["trainer"]
     model_yaml = olmo_core_checkpoints["root"] / "model.yaml"
     assert (
@@ -205,6 +205,12 @@ def test_export_round_trips_to_olmo_core(olmo_core_checkpoints, tmp_path):
     with torch.no_grad():
         ids = batch(4)
         torch.testing.assert_close(back(ids), ours(ids), rtol=0, atol=1e-5)
+    # A checkpoint changed since it was written is refused before anything is read into OLMo-core's format.
+    shard = next((tmp_path / "ours" / "train").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-1] + b"x")
+    assert main(["convert", "to-olmo-core", str(tmp_path / "ours"), str(tmp_path / "again")]) == 4
+    assert f"{tmp_path / 'ours'} is damaged: {shard} has changed" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
 
 
 def test_stage2_starts_from_an_imported_checkpoint_and_exports(

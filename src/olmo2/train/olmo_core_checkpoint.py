@@ -198,13 +198,15 @@ def _listing(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
 
 
-def _check_tensors(found: dict[str, TensorStorageMetadata], expected: dict[str, tuple], source: Path) -> None:
+def _check_tensors(
+    found: dict[str, TensorStorageMetadata], expected: dict[str, tuple], source: Path, against: str
+) -> None:
     """Every expected tensor is there with its shape, and no other weight or AdamW state is."""
     missing = [k for k in expected if k not in found]
     ours = re.compile(r"^(model|optim\.state)\.")
     unexpected = [k for k in found if ours.match(k) and k not in expected]
     wrong = [
-        f"{k}: {tuple(found[k].size)} in the checkpoint, {expected[k]} in the config's model"
+        f"{k}: {tuple(found[k].size)} in the checkpoint, {expected[k]} in {against}"
         for k in expected
         if k in found and tuple(found[k].size) != expected[k]
     ]
@@ -216,7 +218,7 @@ def _check_tensors(found: dict[str, TensorStorageMetadata], expected: dict[str, 
     if unexpected:
         problems.append(f"{len(unexpected)} this architecture does not have: {_listing(unexpected)}")
     if problems:
-        raise CheckpointError(f"{source}: not a checkpoint of the config's model: " + " | ".join(problems))
+        raise CheckpointError(f"{source}: does not match {against}: " + " | ".join(problems))
 
 
 def _olmo_core_folder(src: Path) -> Path:
@@ -295,7 +297,8 @@ def import_olmo_core(src: str | Path, dst: str | Path, *, config: str) -> str:
         }
         targets[f"model.{theirs}"] = param.data
         targets.update({f"optim.state.{theirs}.{key}": state[key] for key in ADAMW_STATE})
-    _check_tensors(_tensors(metadata), {k: tuple(t.shape) for k, t in targets.items()}, source)
+    expected = {k: tuple(t.shape) for k, t in targets.items()}
+    _check_tensors(_tensors(metadata), expected, source, "the config's model")
     _load(reader, targets)
     steps = sorted({int(state["step"].item()) for state in optimizer.state.values()})
     notes = _setting_notes(_their_group_settings(reader, metadata), optimizer, names)
@@ -326,7 +329,9 @@ def export_olmo_core(src: str | Path, dst: str | Path) -> str:
     if unknown:
         raise CheckpointError(f"{src / 'train'}: no OLMo-core name for {_listing(unknown)}")
     keys = {f"model.{p}" for p in params} | {f"optim.state.{p}.{s}" for p in params for s in ADAMW_STATE}
-    _check_tensors(found, {k: tuple(found[k].size) for k in keys}, src / "train")
+    _check_tensors(
+        found, {k: tuple(found[k].size) for k in keys}, src / "train", "its weights with AdamW state"
+    )
     n_groups = sum(
         1 for k in metadata.state_dict_metadata if re.fullmatch(r"optim\.param_groups\.\d+\.params", k)
     )
