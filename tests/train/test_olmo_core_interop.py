@@ -24,7 +24,7 @@ from olmo2.train.trainer import train
 
 olmo_core_checkpoint = pytest.importorskip("olmo_core.distributed.checkpoint")
 from olmo_core.nn.transformer import TransformerBlockType, TransformerConfig  # noqa: E402
-from olmo_core.optim import AdamWConfig, OptimGroupOverride  # noqa: E402
+from olmo_core.optim import AdamWConfig, OptimGroupOverride, SkipStepAdamWConfig  # noqa: E402
 
 VOCAB = 384  # the training tests' vocabulary (tests/conftest.py), a multiple of 128
 MODEL = {
@@ -42,13 +42,13 @@ LR = 1e-3
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
-def olmo_core_model(n_layers: int = 2):
+def olmo_core_model(optim_config=AdamWConfig, **optim_options):
     """OLMo-core's own OLMo 2 block (reordered norm, QK-norm, RoPE θ 500k) at ``MODEL``'s shape, and
-    its AdamW as OLMo 2 configures it (no weight decay on the input embedding)."""
+    its AdamW (or ``optim_config``) as OLMo 2 configures it (no weight decay on the input embedding)."""
     config = TransformerConfig.llama_like(
         d_model=64,
         vocab_size=VOCAB,
-        n_layers=n_layers,
+        n_layers=2,
         n_heads=4,
         n_kv_heads=2,
         hidden_size_multiplier=0.75,  # int(8 * 64 / 3 * 0.75) = 127, rounded up to 128
@@ -60,12 +60,13 @@ def olmo_core_model(n_layers: int = 2):
     )
     model = config.build(init_device="cpu")
     model.init_weights(device=torch.device("cpu"))
-    optim = AdamWConfig(
+    optim = optim_config(
         lr=LR,
         betas=(0.9, 0.95),
         eps=1e-8,
         weight_decay=0.1,
         group_overrides=[OptimGroupOverride(params=["embeddings.weight"], opts={"weight_decay": 0.0})],
+        **optim_options,
     ).build(model)
     return model, optim
 
@@ -307,3 +308,35 @@ def test_group_settings_come_from_the_config_with_a_note(
         ("decayed", 1e-6, 0.1),
         ("embedding", 1e-6, 0.1),
     }
+
+
+@pytest.mark.parametrize("bugfix", [True, False])
+def test_skip_step_adamw_imports_alike(bugfix, tmp_path, capsys):
+    """The 32B's SkipStepAdamW keeps the same state; with ``step_increment_bugfix=False`` it never
+    counts steps, which the import points out."""
+    torch.manual_seed(0)
+    theirs, optim = olmo_core_model(SkipStepAdamWConfig, step_increment_bugfix=bugfix)
+    for seed in (1, 2):
+        olmo_core_step(theirs, optim, batch(seed))
+    olmo_core_checkpoint.save_model_and_optim_state(tmp_path / "skip", theirs, optim)
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(MODEL))
+    args = ["convert", "from-olmo-core", str(tmp_path / "skip"), str(tmp_path / "ours")]
+    assert main([*args, "--config", str(tmp_path / "model.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert ("step_increment_bugfix=False never counts steps" in out) != bugfix
+    ours, optimizer = load_ours(tmp_path / "ours")
+    their_params = dict(theirs.named_parameters())
+    for name, param in ours.named_parameters():
+        twin = their_params[to_olmo_core_name(name)]
+        assert torch.equal(param, twin)
+        assert torch.equal(optimizer.state[param]["exp_avg_sq"], optim.state[twin]["exp_avg_sq"]), name
+        assert (
+            float(optimizer.state[param]["step"])
+            == float(optim.state[twin]["step"])
+            == (2.0 if bugfix else 0.0)
+        )
+    if bugfix:  # the same update rule as torch's AdamW, step for step
+        ids = batch(3)
+        assert our_step(ours, optimizer, ids) == pytest.approx(olmo_core_step(theirs, optim, ids), rel=1e-6)
+        for name, param in ours.named_parameters():
+            torch.testing.assert_close(param, their_params[to_olmo_core_name(name)], rtol=0, atol=1e-6)

@@ -302,6 +302,11 @@ def import_olmo_core(src: str | Path, dst: str | Path, *, config: str) -> str:
     _load(reader, targets)
     steps = sorted({int(state["step"].item()) for state in optimizer.state.values()})
     notes = _setting_notes(_their_group_settings(reader, metadata), optimizer, names)
+    if steps == [0] and any(bool(state["exp_avg_sq"].any()) for state in optimizer.state.values()):
+        notes.append(
+            "note: the AdamW step counts are 0 but the moments are not (OLMo-core's SkipStepAdamW with "
+            "step_increment_bugfix=False never counts steps); training here bias-corrects from step 1"
+        )
     if len(steps) > 1:
         notes.append(
             f"note: the parameters' AdamW step counts differ ({steps[0]}..{steps[-1]}); kept as they are"
