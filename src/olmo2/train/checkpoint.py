@@ -27,6 +27,7 @@ background for asynchronous saves).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ import random
 import re
 import shutil
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -279,6 +281,36 @@ def save_checkpoint(
     finish(None)
     barrier()
     return PendingCheckpoint(final)
+
+
+@contextlib.contextmanager
+def single_process_dcp():
+    """DCP in a process without ``torch.distributed`` (a converter), without DCP's warning that it
+    assumes exactly that."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled, )?unavailable")
+        yield
+
+
+def write_checkpoint(path: Path, parts: dict, state: dict) -> Path:
+    """A complete checkpoint at ``path`` (any name) written by this one process, as a converter does:
+    the layout of ``save_checkpoint`` (the HF export of ``parts["model"]``, no RNG states), through
+    ``.<name>.tmp/`` beside it, renamed once ``COMPLETE``. ``state`` is ``state.json`` (with ``step``)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with single_process_dcp():
+            dcp.save(_dcp_state(parts), checkpoint_id=str(tmp / "train"), no_dist=True)
+        model = parts["model"].model
+        save_state_dict(model.state_dict(), unwrap(model).config, tmp / "model")
+        if path.exists():
+            path.rmdir()  # an empty folder; refuse anything else before calling this
+        _complete(path.parent, tmp, path, state["step"], json.dumps(state, indent=2) + "\n", keep_last=0)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
 
 
 def read_train_state(path: Path) -> dict:
