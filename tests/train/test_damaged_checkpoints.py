@@ -3,6 +3,7 @@ one before, on every rank alike; the resumed run is still the uninterrupted one.
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 
@@ -288,3 +289,28 @@ def test_ctrl_c_during_a_save_is_an_interrupt_not_a_checkpoint_error(tmp_path, m
     env = DistEnv(0, 1, 0, torch.device("cpu"))
     with pytest.raises(KeyboardInterrupt):
         checkpoint_mod.save_checkpoint(tmp_path, 1, {"model": Part(model)}, {}, env, export_hf=False)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_whose_metadata_would_run_code_is_refused_not_run(finished_run, tmp_path, capsys):
+    """DCP's ``.metadata`` is a pickle; it is read with an unpickler that admits only DCP's metadata
+    classes. A crafted one (without checksums, so that it reaches the reader) is named and skipped."""
+    config, ref = finished_run
+    run = tmp_path / "crafted"
+    shutil.copytree(ref, run)
+    (run / "step2" / CHECKSUMS).unlink()
+    marker = tmp_path / "code-ran"
+    (run / "step2" / "train" / ".metadata").write_bytes(pickle.dumps(_RunsCode(marker)))
+    capsys.readouterr()
+    train(load_train_config(config, [f"run.folder={run}"]))
+    err = capsys.readouterr().err
+    assert "refers to posix.system, which DCP metadata never holds" in err
+    assert f"resumed from {run / 'step1'}" in err
+    assert not marker.exists()

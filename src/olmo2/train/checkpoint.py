@@ -55,6 +55,7 @@ from torch.distributed.checkpoint.state_dict import (
 from olmo2.model.checkpoint import CheckpointError, save_state_dict
 from olmo2.train.distributed import DistEnv, all_gather_object, barrier, unwrap
 from olmo2.train.monitor import log
+from olmo2.train.safe_dcp import SafeLoadPlanner, SafeReader
 
 COMPLETE = "COMPLETE"
 CHECKSUMS = "CHECKSUMS.json"
@@ -328,7 +329,7 @@ def load_checkpoint(path: Path, parts: dict, env: DistEnv, *, restore_rng: bool 
     """Restore every ``Part`` of ``parts`` (``{name: Part}``; a part without an optimizer loads its
     weights only) and, with ``restore_rng``, this rank's RNG from ``path``; returns the saved state."""
     to_load = _dcp_state(parts)
-    dcp.load(to_load, checkpoint_id=str(path / "train"))
+    dcp.load(to_load, storage_reader=SafeReader(path / "train"), planner=SafeLoadPlanner())
     for name, part in parts.items():
         if part.optimizer is None:
             set_model_state_dict(part.model, to_load[name])

@@ -28,19 +28,14 @@ few plain values read (param-group settings).
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 import re
 import shutil
 from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from olmo2.config import read_yaml
 from olmo2.model.checkpoint import CheckpointError
@@ -51,6 +46,7 @@ from olmo2.train.checkpoint import checkpoint_fault, single_process_dcp, write_c
 from olmo2.train.config import load_train_config
 from olmo2.train.engine import Part
 from olmo2.train.optim import OptimConfig, build_optimizer
+from olmo2.train.safe_dcp import SafeLoadPlanner, SafeReader
 
 # (ours, OLMo-core's); ``{i}`` is a layer index. Pure renaming: no tensor is split, fused or permuted.
 NAMES = (
@@ -92,86 +88,11 @@ to_olmo_core_name = _renamer(list(NAMES))
 from_olmo_core_name = _renamer([(theirs, ours) for ours, theirs in NAMES])
 
 
-_DCP = "torch.distributed.checkpoint."
-_METADATA_GLOBALS = {
-    (_DCP + "metadata", name)
-    for name in (
-        "Metadata",
-        "MetadataIndex",
-        "StorageMeta",
-        "TensorStorageMetadata",
-        "BytesStorageMetadata",
-        "ChunkStorageMetadata",
-        "TensorProperties",
-        "_MEM_FORMAT_ENCODING",
-    )
-} | {
-    ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),
-    ("collections", "OrderedDict"),
-    ("pathlib", "PosixPath"),  # StorageMeta.checkpoint_id
-}
-_STORAGE_INFO = {
-    (_DCP + "filesystem", "_StorageInfo"),
-    ("olmo_core.distributed.checkpoint.filesystem", "_StorageInfo"),
-}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Builds a DCP ``Metadata`` and nothing else: any other global in the pickle is refused."""
-
-    def __init__(self, file, source: Path):
-        super().__init__(file)
-        self.source = source
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _STORAGE_INFO:
-            return _StorageInfo  # OLMo-core's record has the same fields (path, offset, length)
-        if (module, name) in _METADATA_GLOBALS:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise CheckpointError(
-            f"{self.source}: refers to {module}.{name}, which DCP metadata never holds; not loading it"
-        )
-
-
-class _SafeReader(FileSystemReader):
-    """DCP's file reader with the metadata read by ``_MetadataUnpickler``."""
-
-    def read_metadata(self, *args, **kwargs) -> Metadata:
-        path = Path(self.path) / ".metadata"
-        try:
-            with open(path, "rb") as f:
-                metadata = _MetadataUnpickler(f, path).load()
-        except FileNotFoundError:
-            raise CheckpointError(
-                f"{path.parent}: not a torch.distributed.checkpoint folder (no .metadata)"
-            ) from None
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError) as e:
-            raise CheckpointError(f"{path}: unreadable DCP metadata ({e})") from None
-        if not isinstance(metadata, Metadata):
-            raise CheckpointError(f"{path}: holds a {type(metadata).__name__}, not DCP metadata")
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
-
-
-class _SafeLoadPlanner(DefaultLoadPlanner):
-    """Loads into a flat ``{DCP key: target}`` mapping; plain values with ``weights_only=True``."""
-
-    def __init__(self):
-        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
-
-    def load_bytes(self, read_item, value: io.BytesIO) -> None:
-        self.original_state_dict[read_item.dest_index.fqn] = torch.load(value, weights_only=True)
-
-
-def _load(reader: _SafeReader, targets: dict) -> dict:
+def _load(reader: SafeReader, targets: dict) -> dict:
     """Fill ``targets`` (DCP key -> tensor to copy into, or a placeholder for a plain value)."""
+    planner = SafeLoadPlanner(flatten_state_dict=False, flatten_sharded_tensors=False)
     with single_process_dcp():
-        dcp.load(targets, storage_reader=reader, planner=_SafeLoadPlanner(), no_dist=True)
+        dcp.load(targets, storage_reader=reader, planner=planner, no_dist=True)
     return targets
 
 
@@ -228,7 +149,7 @@ def _olmo_core_folder(src: Path) -> Path:
     return src / MODEL_AND_OPTIM if (src / MODEL_AND_OPTIM / ".metadata").is_file() else src
 
 
-def _their_group_settings(reader: _SafeReader, metadata: Metadata) -> dict[str, dict]:
+def _their_group_settings(reader: SafeReader, metadata: Metadata) -> dict[str, dict]:
     """``{OLMo-core parameter: {setting: value}}`` for ``GROUP_SETTINGS``, from per-parameter
     (flattened) or per-group param groups; empty if the checkpoint has neither."""
     keys = [
@@ -278,7 +199,7 @@ def import_olmo_core(src: str | Path, dst: str | Path, *, config: str) -> str:
     model_cfg, optim_cfg = _configs(config)
     _new_output(dst)
     source = _olmo_core_folder(src)
-    reader = _SafeReader(source)
+    reader = SafeReader(source)
     metadata = reader.read_metadata()
     if not any(k.startswith("optim.state.") for k in metadata.state_dict_metadata):
         raise CheckpointError(f"{source}: holds no optimizer state (optim.state.*); import the weights "
@@ -326,7 +247,7 @@ def export_olmo_core(src: str | Path, dst: str | Path) -> str:
     if fault := checkpoint_fault(src):
         raise CheckpointError(f"{src} is damaged: {fault}")
     _new_output(dst)
-    reader = _SafeReader(src / "train")
+    reader = SafeReader(src / "train")
     metadata = reader.read_metadata()
     found = _tensors(metadata)
     params = [k.removeprefix("model.") for k in found if k.startswith("model.")]
