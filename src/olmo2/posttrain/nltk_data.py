@@ -44,8 +44,9 @@ def punkt_params(model_file: str | Path) -> dict[str, object]:
             continue
         value = node.value
         if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "frozenset":
-            value = value.args[0] if value.args else ast.Tuple(elts=[])
-        out[name] = ast.literal_eval(value)
+            out[name] = frozenset(ast.literal_eval(value.args[0]) if value.args else ())
+        else:
+            out[name] = ast.literal_eval(value)
     missing = [f for f in _FIELDS if f not in out]
     if missing:
         raise ValueError(f"{model_file}: not a Punkt model module (no {', '.join(missing)})")
