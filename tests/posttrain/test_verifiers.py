@@ -417,5 +417,8 @@ def test_library_instructions_all_must_hold_and_bad_ones_are_refused():
         check_ground_truth("ifeval", {"instruction_id": ["keywords:existence"], "kwargs": [{}]})
     with pytest.raises(ValueError, match="bad arguments"):
         check_ground_truth("ifeval", {"instruction_id": ["punctuation:no_comma"], "kwargs": [{"n": 1}]})
+    stopwords = {"instruction_id": ["ratio:stop_words"], "kwargs": [{"percentage": 50}]}
     with pytest.raises(ValueError, match="needs NLTK data"):
-        check_ground_truth("ifeval", {"instruction_id": ["ratio:stop_words"], "kwargs": [{"percentage": 50}]})
+        check_ground_truth("ifeval", stopwords)
+    with pytest.raises(LookupError):  # scored without loading: loud, never a silent 0
+        check_ifeval("Some words here.", stopwords)

@@ -326,12 +326,15 @@ def _follows(checker: Any, response: str) -> bool:
         return False
     try:
         return bool(checker.check_following(response))
+    except LookupError:  # missing NLTK data is our problem, not the response's: never a silent 0
+        raise
     except Exception:  # noqa: BLE001 - a checker tripping over odd model output is a failed check
         return False
 
 
-def _instruction(instruction_id: str, kwargs: dict[str, Any] | None) -> Callable[[str], bool]:
-    """The check of one registry instruction; ValueError if it cannot be checked deterministically."""
+def _instruction(instruction_id: str, kwargs: dict[str, Any] | None, probe: bool) -> Callable[[str], bool]:
+    """The check of one registry instruction; ValueError if it cannot be checked deterministically
+    (with ``probe``, also when the NLTK data it needs is missing)."""
     registry = instruction_registry()
     if instruction_id not in registry:
         raise ValueError(f"unknown IFEval/IFBench instruction id {instruction_id!r}")
@@ -345,7 +348,8 @@ def _instruction(instruction_id: str, kwargs: dict[str, Any] | None) -> Callable
     if missing:  # the library would draw them at random: the reward would be noise
         raise ValueError(f"instruction {instruction_id!r} lacks arguments {sorted(missing)}")
     try:
-        checker.check_following(_PROBE)
+        if probe:
+            checker.check_following(_PROBE)
     except LookupError as e:
         raise ValueError(f"instruction {instruction_id!r} {missing_nltk_data(e)}") from None
     except Exception:  # noqa: BLE001, S110 - the probe only looks for missing data
@@ -369,7 +373,7 @@ def _parse_ground_truth(ground_truth: Any) -> list[Any]:
     return gt if isinstance(gt, list) else [gt]
 
 
-def _constraints(ground_truth: Any) -> list[Callable[[str], bool]]:
+def _constraints(ground_truth: Any, probe: bool = False) -> list[Callable[[str], bool]]:
     """Parse an IFEval ground truth into checks; raises ValueError when it cannot be verified."""
     out: list[Callable[[str], bool]] = []
     for c in _parse_ground_truth(ground_truth):
@@ -384,13 +388,14 @@ def _constraints(ground_truth: Any) -> list[Callable[[str], bool]]:
             kwargs = [kwargs] if isinstance(kwargs, dict) else list(kwargs)
             if len(kwargs) != len(ids):
                 raise ValueError(f"{len(ids)} instruction ids but {len(kwargs)} kwargs")
-            out += [_instruction(i, k) for i, k in zip(ids, kwargs, strict=True)]
+            out += [_instruction(i, k, probe) for i, k in zip(ids, kwargs, strict=True)]
             continue
         if "func_name" in c:  # open-instruct style
             name = c["func_name"]
             if name in _OI_TO_INSTRUCTION:
                 iid, rename = _OI_TO_INSTRUCTION[name]
-                out.append(_instruction(iid, {ours: c.get(theirs) for theirs, ours in rename.items()}))
+                args = {ours: c.get(theirs) for theirs, ours in rename.items()}
+                out.append(_instruction(iid, args, probe))
                 continue
             if name == "validate_word_constraint":
                 out.append(functools.partial(_word_count, n=c["N"], quantifier=c["quantifier"]))
@@ -434,7 +439,7 @@ def check_ground_truth(verifier: str, ground_truth: Any) -> None:
     """Raise ValueError if ``ground_truth`` can never verify (checked at load time, not mid-rollout)."""
     verifier = verifier.lower()
     if VERIFIERS.get(verifier) is check_ifeval:
-        _constraints(ground_truth)
+        _constraints(ground_truth, probe=True)
     elif verifier == "gsm8k" and extract_gsm8k_answer(str(ground_truth)) is None:
         raise ValueError(f"GSM8K ground truth {ground_truth!r} has no number")
     elif verifier == "math" and not str(ground_truth).strip():
