@@ -31,6 +31,7 @@ __all__ = [
     "is_remote",
     "isdir",
     "local_copy",
+    "open_file",
     "parent",
     "read_bytes",
     "read_range",
@@ -157,6 +158,15 @@ def read_range(url: str, start: int, length: int, *, retries: int | None = None)
         if attempt < retries:
             time.sleep(BACKOFF_S * 2**attempt)
     raise RemoteReadError(f"{where}: failed {retries + 1} times, last: {type(error).__name__}: {error}")
+
+
+def open_file(url: str, block_size: int = 8 << 20):
+    """A seekable binary file object over a remote file (fsspec reads it ``block_size`` bytes at a time)."""
+    fs, path = filesystem(url)
+    try:
+        return fs.open(path, "rb", block_size=block_size)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url} does not exist") from None
 
 
 def read_bytes(url: str) -> bytes:

@@ -297,3 +297,51 @@ def test_train_on_s3_resumes_like_local(s3, tmp_path, train_config_dict):
     resumed, log = run("s3", tmp_path / "mix_s3.yaml")
     assert "resumed from" in log and "step2" in log
     assert resumed == local
+
+
+def test_tokenize_reads_s3_and_http_inputs_and_uploads_its_output(s3, http_root, tmp_path):
+    """Inputs (JSON lines cut in byte ranges, .gz, Parquet) from S3 and HTTP, output to S3: same bytes."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from olmo2.data.tokenize import tokenize_documents
+    from olmo2.tokenizer import load_tokenizer
+
+    recs = [{"id": f"d{i}", "text": f"document {i}: " + "words " * (i % 7)} for i in range(60)]
+    lines = b"".join(json.dumps(r).encode() + b"\n" for r in recs)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jsonl").write_bytes(lines)
+    (src / "b.jsonl.gz").write_bytes(gzip.compress(lines, mtime=0))
+    pq.write_table(
+        pa.table({"id": [r["id"] for r in recs], "text": [r["text"] for r in recs]}), src / "c.parquet"
+    )
+    (src / "notes.txt").write_text("not an input")
+    url = upload(s3, src)
+    http_dir, base, _ = http_root
+    (http_dir / "d.jsonl").write_bytes(lines)
+    tok = load_tokenizer()
+    kw = {"tokenizer": tok, "progress": False, "chunk_bytes": 1000, "max_tokens_per_file": 500}
+
+    local = tokenize_documents([src, http_dir / "d.jsonl"], tmp_path / "local", **kw)
+    remote = tokenize_documents([url, f"{base}/d.jsonl"], f"{url}/tokens", **kw)
+    assert remote.manifest == f"{url}/tokens/manifest.json" and remote.tokens == local.tokens > 0
+    assert remote.documents_written == local.documents_written == 4 * 60
+    files = list_token_files(f"{url}/tokens")  # through the uploaded manifest
+    assert len(files) == len(local.files) > 1
+    for f, want in zip(files, list_token_files(tmp_path / "local"), strict=True):
+        np.testing.assert_array_equal(read_tokens(f), read_tokens(want))
+    manifest = json.loads(storage.read_bytes(f"{url}/tokens/manifest.json"))
+    assert [
+        i["path"] for i in manifest["inputs"]
+    ] == [  # sorted, like local paths (the http folder first too)
+        f"{base}/d.jsonl",
+        f"{url}/a.jsonl",
+        f"{url}/b.jsonl.gz",
+        f"{url}/c.parquet",
+    ]
+    assert TokenFile(files[-1]).spans()[-1].src == f"{url}/c.parquet"  # the .csv.gz names the URL
+    with pytest.raises(FileNotFoundError, match=f"{url}/nope.jsonl does not exist"):
+        tokenize_documents([f"{url}/nope.jsonl"], tmp_path / "x", **kw)
