@@ -29,7 +29,7 @@ __all__ = [
     "glob",
     "has_magic",
     "is_remote",
-    "isdir",
+    "is_folder",
     "local_copy",
     "open_file",
     "parent",
@@ -104,7 +104,13 @@ def size(url: str) -> int:
     return known
 
 
-def isdir(url: str) -> bool:
+def is_folder(url: str) -> bool:
+    """A URL ending in ``/``, or an object-store prefix that holds objects. Over HTTP only the former:
+    asking a server whether a file is a folder means downloading it (fsspec parses it for links)."""
+    if url.endswith("/"):
+        return True
+    if urlsplit(url).scheme in ("http", "https"):
+        return False
     fs, path = filesystem(url)
     return fs.isdir(path)
 
@@ -131,7 +137,7 @@ def find(spec: str, folder_pattern: str = "*") -> list[str]:
     """A URL, glob or folder -> sorted file URLs (a folder: its files matching ``folder_pattern``)."""
     if has_magic(spec):
         return glob(spec)
-    if spec.endswith("/") or isdir(spec):
+    if is_folder(spec):
         return glob(f"{spec.rstrip('/')}/{folder_pattern}")
     return [spec]
 

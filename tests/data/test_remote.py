@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
+import importlib.util
 import json
+import logging
 import os
 import shutil
-import threading
 import uuid
 from pathlib import Path
 
@@ -25,39 +24,21 @@ SEQ = 8
 BUCKET = "olmo2-test"
 
 
-class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder, honouring ``Range: bytes=a-b`` (the stdlib handler ignores it); counts GETs."""
-
-    requests: list[str]  # set per server: "GET <path> <range>"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.requests.append(f"GET {self.path} {self.headers.get('Range')}")
-        rng = self.headers.get("Range")
-        path = Path(self.translate_path(self.path))
-        if not rng or not path.is_file():
-            return super().do_GET()
-        first, last = (int(x) for x in rng.removeprefix("bytes=").split("-"))
-        data = path.read_bytes()[first : last + 1]
-        self.send_response(206)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Content-Range", f"bytes {first}-{first + len(data) - 1}/{path.stat().st_size}")
-        self.end_headers()
-        self.wfile.write(data)
+def _bench_loader():
+    """benchmarks/bench_loader.py, whose range-serving http.server the tests share."""
+    path = Path(__file__).parents[2] / "benchmarks" / "bench_loader.py"
+    spec = importlib.util.spec_from_file_location("bench_loader", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def http_root(tmp_path_factory):
     """``(folder, base URL, request log)`` of an http.server on 127.0.0.1 serving the folder."""
     root = tmp_path_factory.mktemp("http")
-    log: list[str] = []
-    handler = type("Handler", (RangeHandler,), {"requests": log})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=root))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}", log
+    server, base, log = _bench_loader().serve_folder(root)
+    yield root, base, log
     server.shutdown()
     server.server_close()
 
@@ -68,6 +49,7 @@ def s3():
     import boto3
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{server._server.server_port}"

@@ -93,7 +93,7 @@ def find_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
         if storage.is_remote(spec):  # the same rules as for local paths, below
             if storage.has_magic(spec):
                 matches = storage.glob(spec)
-            elif spec.endswith("/") or storage.isdir(spec):
+            elif storage.is_folder(spec):
                 names = [(m, m.rsplit("/", 1)[-1]) for m in storage.glob(f"{spec.rstrip('/')}/**")]
                 matches = [m for m, name in names if not name.startswith(".") and _looks_like_input(name)]
             else:

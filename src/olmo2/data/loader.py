@@ -63,7 +63,7 @@ class InstanceReader:
     ``OLMO2_DATA_CACHE_DIR`` is set: then its whole file is downloaded once and memory-mapped.
     """
 
-    REMOTE_THREADS = 16
+    REMOTE_THREADS = 8
 
     def __init__(self, files: list[Path | str], file_tokens: np.ndarray, seq_len: int):
         self.files, self.seq_len = list(files), seq_len

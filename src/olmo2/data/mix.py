@@ -149,11 +149,7 @@ def _find_remote(pattern: str) -> tuple[list[str], str]:
         head = pattern[: min(pattern.index(c) for c in "*?[" if c in pattern)]
         root = head.rsplit("/", 1)[0]
     else:
-        root = (
-            pattern.rstrip("/")
-            if pattern.endswith("/") or storage.isdir(pattern)
-            else storage.parent(pattern)
-        )
+        root = pattern.rstrip("/") if storage.is_folder(pattern) else storage.parent(pattern)
     return storage.find(pattern, "*.npy"), root
 
 
