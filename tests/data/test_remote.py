@@ -109,12 +109,24 @@ def test_s3_mix_gives_the_local_batches(s3, tmp_path, monkeypatch):
     url = upload(s3, local)
     want = hashes(str(local))
     assert len(want) == 6
-    calls = []
+    calls, served = [], []
     real = storage.read_range
     monkeypatch.setattr(storage, "read_range", lambda *a, **k: calls.append(a) or real(*a, **k))
-    assert hashes(url) == want
+    server_log = logging.Handler()  # moto's werkzeug logs each request it serves
+    server_log.emit = lambda record: served.append(record.getMessage())
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.setLevel(logging.INFO)
+    werkzeug.addHandler(server_log)
+    try:
+        assert hashes(url) == want
+    finally:
+        werkzeug.removeHandler(server_log)
+        werkzeug.setLevel(logging.ERROR)
     assert len(calls) == 6 * 4  # one ranged read per instance, nothing else
     assert {length for _, _, length in calls} == {SEQ * 4}
+    objects = [m for m in served if f"GET /{url[5:]}/" in m]  # GET /bucket/prefix/a/part-00.npy
+    assert len(objects) == 6 * 4 and all('" 206 ' in m for m in objects)  # the server agrees
+    assert sum("list-type=2" in m for m in served) == 2  # one listing per source glob
     # the sizes come from the listing and enter the fingerprint, like local ones
     mix_local = resolve_mix(
         from_dict(MixConfig, {"sources": [{"name": "a", "paths": [f"{local}/a/*.npy"]}]}), SEQ
@@ -159,6 +171,9 @@ def test_http_mix_gives_the_local_batches_one_request_per_instance(http_root, tm
     ]
     n = loaders["http"].steps_per_epoch * 4
     assert len(log) == n and all("bytes=" in r for r in log)  # one ranged GET per instance
+    missing = {"sources": [{"name": "a", "paths": [f"{base}/h1/a/nope.npy"]}]}
+    with pytest.raises(ConfigError, match=f"sources\\[0\\] \\(a\\): {base}/h1/a/nope.npy does not exist"):
+        resolve_mix(from_dict(MixConfig, missing), SEQ)
     assert local.is_dir()
 
 
