@@ -75,11 +75,9 @@ def _options(protocol: str) -> dict:
 
 def filesystem(url: str):
     """``(fsspec filesystem, path within it)`` for a URL (fsspec caches the instances)."""
-    import fsspec  # here, not at top: local-only runs never pay for it
+    import fsspec.core  # here: ~0.1 s that every local-only command would pay at import
 
-    protocol = urlsplit(url).scheme
-    fs = fsspec.filesystem(protocol, **_options(protocol))
-    return fs, fs._strip_protocol(url) if protocol in ("s3", "gs", "gcs") else url
+    return fsspec.core.url_to_fs(url, **_options(urlsplit(url).scheme))
 
 
 def _url(protocol: str, path: str) -> str:
