@@ -171,6 +171,7 @@ def test_http_mix_gives_the_local_batches_one_request_per_instance(http_root, tm
     ]
     n = loaders["http"].steps_per_epoch * 4
     assert len(log) == n and all("bytes=" in r for r in log)  # one ranged GET per instance
+    assert list_token_files(f"{base}/h1/b/part-01.npy") == [f"{base}/h1/b/part-01.npy"]
     missing = {"sources": [{"name": "a", "paths": [f"{base}/h1/a/nope.npy"]}]}
     with pytest.raises(ConfigError, match=f"sources\\[0\\] \\(a\\): {base}/h1/a/nope.npy does not exist"):
         resolve_mix(from_dict(MixConfig, missing), SEQ)

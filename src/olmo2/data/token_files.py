@@ -301,7 +301,8 @@ def list_token_files(
     for raw in paths_or_globs:
         spec = os.fspath(raw)
         if storage.is_remote(spec):
-            manifest = None if storage.has_magic(spec) else read_manifest(spec)
+            folder = not storage.has_magic(spec) and storage.is_folder(spec)
+            manifest = read_manifest(spec) if folder else None
             if manifest is not None:
                 matches = [f"{spec.rstrip('/')}/{f['name']}" for f in manifest["files"]]
             else:
