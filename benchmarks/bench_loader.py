@@ -8,7 +8,9 @@ in /tmp, deletes them afterwards, and reports for the realistic shape (seq 4096,
 * ``loader inline``: the loader with ``prefetch=0`` (all its work on the caller's thread);
 * ``loader threaded``: the default ``prefetch=2`` (reads ahead on a background thread);
 * ``wait per step``: time a training loop spends in ``next(loader)`` when each step takes
-  ``--step-ms`` of work, which is what matters: the loader must never be what a step waits on.
+  ``--step-ms`` of work, which is what matters: the loader must never be what a step waits on;
+* ``remote``: instances/s of the same mix (``--remote-mb`` of it) on local disk, on a local
+  ``http.server`` and on a local moto S3 server, and the requests each instance cost (one ranged read).
 
     python benchmarks/bench_loader.py                   # 1.5 GB, 3000 steps
     python benchmarks/bench_loader.py --gb 0.2 --steps 500 --json out.json
@@ -17,15 +19,20 @@ in /tmp, deletes them afterwards, and reports for the realistic shape (seq 4096,
 from __future__ import annotations
 
 import argparse
+import functools
+import http.server
 import json
+import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from olmo2 import storage
 from olmo2.config import from_dict
 from olmo2.data.loader import TrainLoader
 from olmo2.data.mix import MixConfig, resolve_mix
@@ -77,6 +84,91 @@ def loader_rate(loader: TrainLoader, steps: int, step_ms: float = 0.0) -> tuple[
     return steps * loader.tokens_per_step / elapsed, 1000 * wait / steps
 
 
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder, honouring ``Range: bytes=a-b`` (the stdlib handler ignores it); logs each GET."""
+
+    log: list[str]  # set per server
+    disable_nagle_algorithm = True  # else header and body, written apart, wait out a 40 ms delayed ACK
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.log.append(f"GET {self.path} {self.headers.get('Range')}")
+        rng = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if not rng or not path.is_file():
+            return super().do_GET()
+        first, last = (int(x) for x in rng.removeprefix("bytes=").split("-"))
+        with open(path, "rb") as f:
+            f.seek(first)
+            data = f.read(last + 1 - first)
+        self.send_response(206)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Range", f"bytes {first}-{first + len(data) - 1}/{path.stat().st_size}")
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def serve_folder(root: Path) -> tuple[http.server.ThreadingHTTPServer, str, list[str]]:
+    """``(server, base URL, request log)`` of an http.server on 127.0.0.1 in a thread; ``shutdown()`` it."""
+    log: list[str] = []
+    handler = functools.partial(type("Handler", (RangeHandler,), {"log": log}), directory=root)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}", log
+
+
+def remote_rates(root: Path, seq: int, batch: int, steps: int) -> dict:
+    """Instances/s and requests per instance of one mix read from disk, HTTP and S3 (all on 127.0.0.1)."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
+
+    s3_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3_server.start()
+    http_server, base, http_log = serve_folder(root)
+    endpoint = f"http://127.0.0.1:{s3_server._server.server_port}"
+    os.environ.update(
+        OLMO2_S3_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench"
+    )
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="bench")
+    files = sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.npy"))
+    for name in files:
+        client.upload_file(str(root / name), "bench", name)
+    calls = []
+    real_read_range = storage.read_range
+    storage.read_range = lambda *a, **k: calls.append(a) or real_read_range(*a, **k)
+    out = {}
+    try:
+        for where, prefix in (("local", str(root)), ("http", base), ("s3", "s3://bench")):
+            sources = [
+                {"name": n, "paths": [f"{prefix}/{f}" for f in files if f.startswith(n + "/")], "share": s}
+                for n, s in SOURCES.items()
+            ]
+            mix = resolve_mix(from_dict(MixConfig, {"sources": sources, "normalize_shares": True}), seq)
+            loader = TrainLoader(mix, global_batch_size=batch, seed=6198, prefetch=0)
+            n = min(steps, loader.steps_per_epoch)
+            loader.epoch_order(0)
+            calls.clear(), http_log.clear()
+            t = time.perf_counter()
+            for k in range(n):
+                loader.batch_at(0, k)
+            out[f"{where}_instances_s"] = n * batch / (time.perf_counter() - t)
+            out[f"{where}_requests_per_instance"] = len(calls) / (n * batch)
+            if where == "http":
+                out["http_server_gets_per_instance"] = len(http_log) / (n * batch)
+    finally:
+        storage.read_range = real_read_range
+        http_server.shutdown()
+        s3_server.stop()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gb", type=float, default=1.5, help="GB of fake token files to write")
@@ -84,6 +176,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--step-ms", type=float, default=5.0, help="simulated training-step time")
+    ap.add_argument(
+        "--remote-mb", type=float, default=32, help="MB of the corpus for the remote case (0: skip)"
+    )
+    ap.add_argument("--remote-steps", type=int, default=100, help="batches read per remote case")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -129,6 +225,10 @@ def main() -> None:
         _, results["wait_ms_per_step_threaded"] = loader_rate(make(2), sim_steps, args.step_ms)
         _, results["wait_ms_per_step_inline"] = loader_rate(make(0), sim_steps, args.step_ms)
         results["step_ms"] = args.step_ms
+        if args.remote_mb:
+            small = root / "remote"
+            write_corpus(small, args.remote_mb * 1e6, files_per_source=2)
+            results["remote"] = remote_rates(small, args.seq, args.batch, args.remote_steps)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -147,6 +247,15 @@ def main() -> None:
         f"time in next() per {args.step_ms:g} ms step: threaded {results['wait_ms_per_step_threaded']:.3f} ms, "
         f"inline {results['wait_ms_per_step_inline']:.3f} ms"
     )
+    if args.remote_mb:
+        r = results["remote"]
+        print(f"remote ({args.remote_mb:g} MB, servers on 127.0.0.1, prefetch 0):")
+        for where in ("local", "http", "s3"):
+            print(
+                f"  {where:<6} {r[f'{where}_instances_s']:10.0f} instances/s   "
+                f"{r[f'{where}_requests_per_instance']:.2f} requests per instance"
+            )
+        print(f"  http server: {r['http_server_gets_per_instance']:.2f} GETs per instance")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -11,7 +11,7 @@ SRC = Path(__file__).parents[1] / "src"
 
 # Lowest first; a module may import its own layer and those below. A prefix covers its submodules.
 LAYERS = [
-    ("olmo2.config", "olmo2.assets", "olmo2.folder_lock"),
+    ("olmo2.config", "olmo2.assets", "olmo2.folder_lock", "olmo2.storage"),
     ("olmo2.tokenizer", "olmo2.chat"),
     ("olmo2.model", "olmo2.generate", "olmo2.data"),
     ("olmo2.train",),

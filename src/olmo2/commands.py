@@ -120,8 +120,10 @@ COMMANDS = {
         "tokenize documents (JSON lines, .gz/.zst, Parquet) into uint32 token files",
         "olmo2.data.tokenize:tokenize_documents",
         arg("inputs", nargs="+", metavar="INPUT", help="files, directories (searched recursively) or quoted "
-            "globs of JSON lines (plain, .gz, .zst) or Parquet, with a 'text' field and an optional 'id'"),
-        arg("--out", dest="out_dir", required=True, metavar="DIR", help="output directory (created if missing)"),
+            "globs of JSON lines (plain, .gz, .zst) or Parquet, with a 'text' field and an optional 'id'; "
+            "paths or s3://, gs://, http(s):// URLs"),
+        arg("--out", dest="out_dir", required=True, metavar="DIR", help="output directory (created if "
+            "missing), or a URL: written locally, then uploaded"),
         arg("--workers", type=int, default=0, metavar="N",
             help="tokenizer processes (default 0: one per available CPU); never changes the output"),
         arg("--shard", default="0/1", metavar="I/N", type="olmo2.data.tokenize:parse_shard",

@@ -6,6 +6,7 @@ truncated file, and the caller decides whether to count or to stop (``--strict``
 truncation are kept, because re-fetching a corpus shard to recover its tail is expensive.
 
 Format is detected from the file's magic bytes (then its suffix), so a misnamed file still reads.
+Inputs may be URLs (``s3://``, ``gs://``, ``http(s)://``): they are read through ``olmo2.storage``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from olmo2 import storage
 
 __all__ = [
     "Chunk",
@@ -87,6 +90,19 @@ def find_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
     found: dict[str, str] = {}
     for raw in inputs:
         spec = os.fspath(raw)
+        if storage.is_remote(spec):  # the same rules as for local paths, below
+            if storage.has_magic(spec):
+                matches = storage.glob(spec)
+            elif storage.is_folder(spec):
+                names = [(m, m.rsplit("/", 1)[-1]) for m in storage.glob(f"{spec.rstrip('/')}/**")]
+                matches = [m for m, name in names if not name.startswith(".") and _looks_like_input(name)]
+            else:
+                storage.size(spec)  # FileNotFoundError naming the URL
+                matches = [spec]
+            if not matches:
+                raise FileNotFoundError(f"no input files match {spec}")
+            found.update((m, m) for m in matches)
+            continue
         if os.path.isdir(spec):
             matches = [
                 str(p)
@@ -110,10 +126,15 @@ def _looks_like_input(name: str) -> bool:
     return name.endswith(INPUT_SUFFIXES) and not name.endswith(".csv.gz")
 
 
+def _open(path: str | os.PathLike):
+    """A binary file object over a local path or a URL."""
+    return storage.open_file(path) if storage.is_remote(path) else open(path, "rb")  # noqa: SIM115
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """``jsonl``, ``gzip``, ``zstd`` or ``parquet``, from the magic bytes, else from the suffix."""
     try:
-        with open(path, "rb") as f:
+        with _open(path) as f:
             head = f.read(4)
     except OSError:
         head = b""
@@ -131,7 +152,7 @@ def plan_chunks(path: str, chunk_bytes: int = 64 << 20) -> list[Chunk]:
     """
     fmt = detect_format(path)
     try:
-        size = os.path.getsize(path)
+        size = storage.size(path) if storage.is_remote(path) else os.path.getsize(path)
     except OSError:
         size = 0
     if fmt == "jsonl" and size > chunk_bytes:
@@ -141,7 +162,8 @@ def plan_chunks(path: str, chunk_bytes: int = 64 << 20) -> list[Chunk]:
         try:
             import pyarrow.parquet as pq
 
-            meta = pq.ParquetFile(path).metadata
+            with _open(path) as f:
+                meta = pq.ParquetFile(f).metadata
         except Exception:  # unreadable: one chunk, whose reader reports the error
             return [Chunk(path, fmt, nbytes=size)]
         total = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) or 1
@@ -190,7 +212,7 @@ class ChunkReader:
     def _jsonl(self) -> Iterator[Document | Skip | FileError]:
         c = self.chunk
         try:
-            raw = open(c.path, "rb")  # noqa: SIM115 - closed below, after the stream that wraps it
+            raw = _open(c.path)  # closed below, after the stream that wraps it
         except OSError as e:
             yield FileError("unreadable", 0, f"{type(e).__name__}: {e.strerror or e}")
             return
@@ -239,7 +261,7 @@ class ChunkReader:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pf = pq.ParquetFile(c.path)
+            pf = pq.ParquetFile(_open(c.path))
             names = pf.schema_arrow.names
             if "text" not in names:
                 raise ValueError(f"no 'text' column (columns: {', '.join(names)})")

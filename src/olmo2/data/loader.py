@@ -9,6 +9,9 @@ Each epoch permutes the mix's instance list with ``Generator(PCG64(seed + epoch)
 global batch at step k is the next ``global_batch_size`` ids of that permutation, and rank r of W
 takes ids r, r+W, r+2W, ... of it (spec §4.4), so the data order never depends on the number of
 ranks. A state is (epoch, batches consumed in it) plus a data fingerprint that must match on resume.
+
+Token files at URLs (``olmo2.storage``) are read one instance per ranged request, a batch's requests
+in parallel; a file's size, from the mix's listing, is all the loader needs to know about it before.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import queue
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from olmo2 import storage
 from olmo2.config import ConfigError
 from olmo2.data.mix import Mix, find_files
 from olmo2.data.repeats import repeated_ngram_mask
@@ -52,13 +57,21 @@ def gather_global(rank_parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 class InstanceReader:
-    """Reads instances by global id from raw uint32 token files (memory-mapped lazily, once each)."""
+    """Reads instances by global id from raw uint32 token files (memory-mapped lazily, once each).
 
-    def __init__(self, files: list[Path], file_tokens: np.ndarray, seq_len: int):
+    A URL is read by one ranged request per instance (``REMOTE_THREADS`` at a time), unless
+    ``OLMO2_DATA_CACHE_DIR`` is set: then its whole file is downloaded once and memory-mapped.
+    """
+
+    REMOTE_THREADS = 8
+
+    def __init__(self, files: list[Path | str], file_tokens: np.ndarray, seq_len: int):
         self.files, self.seq_len = list(files), seq_len
         counts = np.asarray(file_tokens, dtype=np.int64) // seq_len
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._maps: dict[int, np.ndarray] = {}
+        self._ranged = [storage.is_remote(f) and storage.cache_dir() is None for f in self.files]
+        self._pool: ThreadPoolExecutor | None = None
 
     def _map(self, i: int) -> np.ndarray:
         m = self._maps.get(i)
@@ -73,9 +86,23 @@ class InstanceReader:
         f = np.searchsorted(self.offsets, ids, side="right") - 1
         start = (ids - self.offsets[f]) * self.seq_len
         out = np.empty((len(ids), self.seq_len), dtype=np.int64)
+        remote = []
         for j, (fi, s) in enumerate(zip(f.tolist(), start.tolist(), strict=True)):
-            out[j] = self._map(fi)[s : s + self.seq_len]
+            if self._ranged[fi]:
+                remote.append((j, fi, s))
+            else:
+                out[j] = self._map(fi)[s : s + self.seq_len]
+        if remote:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.REMOTE_THREADS, thread_name_prefix="olmo2-read")
+            for (j, _, _), row in zip(remote, self._pool.map(self._read_remote, remote), strict=True):
+                out[j] = row
         return out
+
+    def _read_remote(self, job: tuple[int, int, int]) -> np.ndarray:
+        _, fi, start = job
+        size = self.seq_len * DTYPE.itemsize
+        return np.frombuffer(storage.read_range(self.files[fi], start * DTYPE.itemsize, size), DTYPE)
 
 
 @dataclass

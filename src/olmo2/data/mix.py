@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from olmo2 import storage
 from olmo2.config import ConfigError, load_config
 from olmo2.data.token_files import TokenFileError, count_tokens
 
@@ -142,11 +143,35 @@ def _glob_root(pattern: str) -> str:
     return str(Path(pattern).parent)
 
 
+def _find_remote(pattern: str) -> tuple[list[str], str]:
+    """A URL, URL glob or URL folder -> (file URLs, their root); sizes are cached from the listing."""
+    if storage.has_magic(pattern):
+        head = pattern[: min(pattern.index(c) for c in "*?[" if c in pattern)]
+        root = head.rsplit("/", 1)[0]
+    else:
+        root = pattern.rstrip("/") if storage.is_folder(pattern) else storage.parent(pattern)
+    return storage.find(pattern, "*.npy"), root
+
+
 def find_files(patterns: list[str], variables: dict[str, str] | None = None, where: str = "") -> list[tuple]:
-    """Expand and glob ``patterns`` (files, globs, folders) in order -> ``[(path, name under its root, n_tokens)]``."""
+    """Expand and glob ``patterns`` (files, globs, folders; paths or URLs) in order.
+
+    -> ``[(path, name under its root, n_tokens)]``; a path is a Path, a URL stays a string.
+    """
     out, seen = [], set()
     for raw in patterns:
         pattern = expand_variables(raw, variables, where)
+        if storage.is_remote(pattern):
+            try:
+                matches, root = _find_remote(pattern)
+                found = [(m, m[len(root) + 1 :], count_tokens(m)) for m in matches if m not in seen]
+            except (FileNotFoundError, TokenFileError) as e:
+                raise ConfigError(f"{where}{e}") from None
+            if not matches:
+                raise ConfigError(f"{where}no token files match {pattern!r}")
+            seen.update(m for m, _, _ in found)
+            out += found
+            continue
         if os.path.isdir(pattern):  # a folder: its *.npy files (a tokenizer job's output folder)
             root, pattern = pattern, os.path.join(glob.escape(pattern), "*.npy")
         else:
@@ -174,7 +199,7 @@ class ResolvedSource:
     """A source's files, its instances' global id range, and how many instances an epoch takes from it."""
 
     name: str
-    files: list[Path]
+    files: list[Path | str]  # a URL stays a string
     names: list[str]  # file names relative to their glob root (for the data fingerprint)
     file_tokens: np.ndarray  # int64 tokens per file
     first: int  # global id of the source's first instance
@@ -281,7 +306,8 @@ def resolve_mix(config: MixConfig, seq_len: int, variables: dict[str, str] | Non
         where = f"sources[{i}] ({sc.name}): "
         found = find_files(sc.paths, env, where)
         for path, _, _ in found:
-            other = owner.setdefault(os.path.realpath(path), sc.name)
+            key = path if storage.is_remote(path) else os.path.realpath(path)
+            other = owner.setdefault(key, sc.name)
             if other != sc.name:
                 raise ConfigError(f"{where}{path} is also listed by source {other!r}")
         tokens = np.array([n for _, _, n in found], dtype=np.int64)

@@ -10,7 +10,8 @@ by the Dolma toolkit. Writers make a file visible only once it is complete (temp
 directory, fsync, rename), so a reader or a re-run never sees half a file.
 
 This module is the one place that knows the layout (``DTYPE``, ``count_tokens``, ``read_tokens``);
-mixes, the loader and the tokenizer go through it.
+mixes, the loader and the tokenizer go through it. Readers also take ``s3://``, ``gs://`` and
+``http(s)://`` URLs (``olmo2.storage``); writers write local files.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from olmo2 import storage
 
 __all__ = [
     "DTYPE",
@@ -62,31 +65,46 @@ class TokenFileError(ValueError):
 
 
 def count_tokens(path: str | os.PathLike) -> int:
-    """The tokens in a token file, from its size alone (no header to read), refusing a partial token."""
-    size = os.path.getsize(path)
+    """The tokens in a token file (path or URL), from its size alone (no header to read), refusing a
+    partial token. A URL's size comes from its listing, cached for the process."""
+    size = storage.size(path) if storage.is_remote(path) else os.path.getsize(path)
     if size % DTYPE.itemsize:
         raise TokenFileError(f"{path}: {size} bytes is not a whole number of uint32 tokens")
     return size // DTYPE.itemsize
 
 
 def read_tokens(path: str | os.PathLike) -> np.ndarray:
-    """The tokens of a raw uint32 token file, memory-mapped read-only (an empty file gives an empty array)."""
+    """The tokens of a raw uint32 token file, memory-mapped read-only (an empty file gives an empty array).
+
+    A URL is read whole into memory, or memory-mapped from its copy in ``OLMO2_DATA_CACHE_DIR``.
+    """
+    if storage.is_remote(path):
+        if storage.cache_dir() is None:
+            data = storage.read_bytes(path) if count_tokens(path) else b""
+            _refuse_npy_header(path, data[: len(_NPY_MAGIC)])
+            return np.frombuffer(data, dtype=DTYPE)
+        count_tokens(path)  # refuses a partial token, naming the URL
+        path = storage.local_copy(path, storage.cache_dir())
     path = Path(path)
     if count_tokens(path) == 0:
         return np.zeros(0, DTYPE)
     with open(path, "rb") as f:
-        if (
-            f.read(len(_NPY_MAGIC)) == _NPY_MAGIC
-        ):  # as uint32 that would be token 0x554E4D93, far past any vocab
-            raise TokenFileError(
-                f"{path} has a NumPy .npy header; token files are raw uint32 arrays "
-                "(write them with ndarray.tofile, not numpy.save)"
-            )
+        _refuse_npy_header(path, f.read(len(_NPY_MAGIC)))
     return np.memmap(path, dtype=DTYPE, mode="r")
 
 
-def metadata_path(path: str | os.PathLike) -> Path:
-    """The Dolma-style metadata sidecar of a token file: ``x.npy`` -> ``x.csv.gz``."""
+def _refuse_npy_header(path, head: bytes) -> None:
+    if head == _NPY_MAGIC:  # as uint32 that would be token 0x554E4D93, far past any vocab
+        raise TokenFileError(
+            f"{path} has a NumPy .npy header; token files are raw uint32 arrays "
+            "(write them with ndarray.tofile, not numpy.save)"
+        )
+
+
+def metadata_path(path: str | os.PathLike) -> Path | str:
+    """The Dolma-style metadata sidecar of a token file: ``x.npy`` -> ``x.csv.gz`` (a URL stays a URL)."""
+    if storage.is_remote(path):
+        return path[: -len(".npy")] + ".csv.gz" if path.endswith(".npy") else path + ".csv.gz"
     path = Path(path)
     stem = path.name[: -len(".npy")] if path.name.endswith(".npy") else path.name
     return path.with_name(stem + ".csv.gz")
@@ -109,8 +127,13 @@ def document_spans(path: str | os.PathLike, eos_token_id: int = EOS_TOKEN_ID) ->
     splits a document that contains EOS as text.
     """
     meta = metadata_path(path)
-    if meta.is_file():
-        with gzip.open(meta, "rt", encoding="utf-8", newline="") as f:
+    if storage.is_remote(meta):
+        sidecar = storage.glob(meta)  # empty when there is none
+        raw = io.BytesIO(storage.read_bytes(meta)) if sidecar else None
+    else:
+        raw = meta if meta.is_file() else None
+    if raw is not None:
+        with gzip.open(raw, "rt", encoding="utf-8", newline="") as f:
             return _read_spans(meta, csv.reader(f), count_tokens(path))
     tokens = read_tokens(path)
     ends = (np.flatnonzero(tokens == eos_token_id) + 1).tolist()
@@ -138,10 +161,10 @@ def _read_spans(meta: Path, rows: Iterable[list[str]], n_tokens: int) -> list[Do
 
 
 class TokenFile:
-    """One token file: lazily memory-mapped tokens and its documents."""
+    """One token file (path or URL): lazily memory-mapped tokens and its documents."""
 
     def __init__(self, path: str | os.PathLike, eos_token_id: int = EOS_TOKEN_ID) -> None:
-        self.path = Path(path)
+        self.path = path if storage.is_remote(path) else Path(path)
         self.eos_token_id = eos_token_id
         self._tokens: np.ndarray | None = None
 
@@ -170,14 +193,17 @@ def manifest_name(shard: int = 0, num_shards: int = 1) -> str:
     return "manifest.json" if num_shards == 1 else f"manifest-{shard:05d}-of-{num_shards:05d}.json"
 
 
-def _manifest_files(directory: Path) -> list[Path]:
+def _manifest_files(directory: Path | str) -> list[Path] | list[str]:
+    if storage.is_remote(directory):
+        return storage.glob(f"{directory.rstrip('/')}/manifest*.json")
     return sorted(p for p in directory.glob("manifest*.json") if p.is_file())
 
 
-def _load_manifest(path: Path) -> dict:
+def _load_manifest(path: Path | str) -> dict:
     """One manifest file, refused unless olmo2 wrote it (any other ``manifest*.json`` is not ours)."""
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
+        raw = storage.read_bytes(path) if storage.is_remote(path) else path.read_bytes()
+        m = json.loads(raw.decode("utf-8"))
     except (OSError, ValueError) as e:
         raise TokenFileError(f"{path}: unreadable manifest: {e}") from e
     if m.get("format") != MANIFEST_FORMAT:
@@ -191,7 +217,7 @@ def read_manifest(directory: str | os.PathLike) -> dict | None:
     Merged: ``files`` and ``inputs`` concatenated in shard order, ``totals`` summed, ``complete`` only
     if every shard manifest present is; ``shards`` lists the shard indices found.
     """
-    paths = _manifest_files(Path(directory))
+    paths = _manifest_files(directory if storage.is_remote(directory) else Path(directory))
     if not paths:
         return None
     manifests = [_load_manifest(p) for p in paths]
@@ -234,7 +260,9 @@ def check_manifests(paths: Iterable[str | os.PathLike], *, eos_token_id: int | N
     all must name one tokenizer. Files without a manifest (Dolma/OLMo-core output) are taken as they
     are. Returns one line for the run's log.
     """
-    directories = list(dict.fromkeys(Path(p).parent for p in paths))
+    directories = list(
+        dict.fromkeys(storage.parent(p) if storage.is_remote(p) else Path(p).parent for p in paths)
+    )
     first: tuple[Path, str] | None = None  # the first manifest's path and tokenizer hash
     with_manifest = 0
     for directory in directories:
@@ -276,17 +304,35 @@ def check_manifests(paths: Iterable[str | os.PathLike], *, eos_token_id: int | N
     )
 
 
-def list_token_files(paths_or_globs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
+def list_token_files(
+    paths_or_globs: Sequence[str | os.PathLike] | str | os.PathLike,
+) -> list[Path | str]:
     """Token files from files, globs and directories, in order, each checked to be whole uint32 arrays.
 
     A directory gives the files its manifest(s) list, else every ``*.npy`` in it (Dolma output), sorted.
+    URLs stay strings (``s3://b/x.npy``); local files are Paths.
     """
     if isinstance(paths_or_globs, (str, os.PathLike)):
         paths_or_globs = [paths_or_globs]
-    out: list[Path] = []
+    out: list[Path | str] = []
     seen: set[str] = set()
     for raw in paths_or_globs:
         spec = os.fspath(raw)
+        if storage.is_remote(spec):
+            folder = not storage.has_magic(spec) and storage.is_folder(spec)
+            manifest = read_manifest(spec) if folder else None
+            if manifest is not None:
+                matches = [f"{spec.rstrip('/')}/{f['name']}" for f in manifest["files"]]
+            else:
+                matches = storage.find(spec, "*.npy")
+            if not matches:
+                raise FileNotFoundError(f"no token files in {spec}")
+            for m in matches:
+                count_tokens(m)  # a missing object or a partial token, named now rather than in training
+                if m not in seen:
+                    seen.add(m)
+                    out.append(m)
+            continue
         if os.path.isdir(spec):
             manifest = read_manifest(spec)
             if manifest is not None:

@@ -20,13 +20,15 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from olmo2 import storage
 from olmo2.data.documents import Chunk, ChunkReader, Document, Skip, find_inputs, plan_chunks
 from olmo2.data.repeats import MAX_PERIOD, MIN_REPEATS, repeated_ngram_mask
 from olmo2.data.token_files import (
@@ -75,8 +77,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 @dataclass
 class TokenizeReport:
-    out_dir: Path
-    manifest: Path
+    out_dir: Path | str  # a URL when the output was uploaded
+    manifest: Path | str
     backend: str
     input_files: int = 0
     input_bytes: int = 0
@@ -100,7 +102,7 @@ class TokenizeReport:
             f"{self.documents_read:,} documents read, {self.documents_written:,} written, "
             f"{self.documents_skipped:,} skipped",
             f"wrote {_plural(len(self.files), 'token file')}, {self.tokens:,} tokens, to {self.out_dir} "
-            f"({self.manifest.name})"
+            f"({Path(self.manifest).name})"
             + (f"; {self.files_reused} were already done" if self.files_reused else ""),
         ]
         if self.skipped:
@@ -497,7 +499,28 @@ def tokenize_documents(
     "tiktoken" or "tokenizers". ``tokenizer``: a Tokenizer, a tokenizer.json path, or None (dolma2).
     ``drop_repeats``: drop documents with >= 32 back-to-back repeats of a 1-13-token span (spec §3.4's
     data-time filter), counted under the skip reason "repeated n-grams".
+
+    Inputs may be URLs (read through ``olmo2.storage``, recorded as URLs); an ``out_dir`` URL is
+    written in a local temporary folder, then uploaded (so a re-run starts afresh rather than resumes).
     """
+    if storage.is_remote(out_dir):
+        with tempfile.TemporaryDirectory(prefix="olmo2-tokenize-", dir=storage.cache_dir()) as staging:
+            report = tokenize_documents(
+                inputs,
+                staging,
+                workers=workers,
+                shard=shard,
+                strict=strict,
+                drop_repeats=drop_repeats,
+                tokenizer=tokenizer,
+                max_tokens_per_file=max_tokens_per_file,
+                progress=progress,
+                backend=backend,
+                chunk_bytes=chunk_bytes,
+            )
+            storage.upload_dir(staging, out_dir)
+        manifest = f"{str(out_dir).rstrip('/')}/{Path(report.manifest).name}"
+        return replace(report, out_dir=out_dir, manifest=manifest)
     start = time.perf_counter()
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -591,27 +614,36 @@ def _input_entry(path: str) -> dict:
     last included): a re-run of a finished job then reads 1 MiB per input, not the corpus again. An
     edit that keeps the size, the mtime and every sampled block is not seen (delete the manifest).
     """
-    stat = os.stat(path)
     digest = hashlib.sha256()
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            if stat.st_size <= _SAMPLE_BLOCKS * _SAMPLE_BYTES:
-                digest.update(f.read())
-            else:
-                last = stat.st_size - _SAMPLE_BYTES
-                for k in range(_SAMPLE_BLOCKS):
-                    f.seek(last * k // (_SAMPLE_BLOCKS - 1))
-                    digest.update(f.read(_SAMPLE_BYTES))
+    if storage.is_remote(path):  # no mtime to trust across stores: the size and the sampled blocks
+        size, mtime_ns = storage.size(path), 0
+        read_at = functools.partial(storage.read_range, path)
+    else:
+        stat = os.stat(path)
+        size, mtime_ns = (stat.st_size if os.path.isfile(path) else 0), stat.st_mtime_ns
+        read_at = functools.partial(_read_at, path)
+    if size <= _SAMPLE_BLOCKS * _SAMPLE_BYTES:
+        digest.update(read_at(0, size) if size else b"")
+    else:
+        last = size - _SAMPLE_BYTES
+        for k in range(_SAMPLE_BLOCKS):
+            digest.update(read_at(last * k // (_SAMPLE_BLOCKS - 1), _SAMPLE_BYTES))
     zero = dict.fromkeys(("chunks", "lines", "documents_read", "documents_written", "tokens"), 0)
     return {
         "path": path,
-        "bytes": stat.st_size if os.path.isfile(path) else 0,
-        "mtime_ns": stat.st_mtime_ns,
+        "bytes": size,
+        "mtime_ns": mtime_ns,
         "sha256": digest.hexdigest(),
         **zero,
         "skipped": {},
         "errors": [],
     }
+
+
+def _read_at(path: str, start: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(length)
 
 
 def _write_token_files(
