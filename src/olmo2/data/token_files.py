@@ -142,7 +142,7 @@ def document_spans(path: str | os.PathLike, eos_token_id: int = EOS_TOKEN_ID) ->
     return [DocumentSpan(s, e) for s, e in zip([0, *ends[:-1]], ends, strict=True)]
 
 
-def _read_spans(meta: Path, rows: Iterable[list[str]], n_tokens: int) -> list[DocumentSpan]:
+def _read_spans(meta: Path | str, rows: Iterable[list[str]], n_tokens: int) -> list[DocumentSpan]:
     """Metadata rows -> spans, refusing a row that is malformed or points outside the token file."""
     spans = []
     for line, row in enumerate(rows, 1):
