@@ -172,7 +172,8 @@ COMMANDS = {
         arg("--out", help="write the results JSON here"),
         arg("--batch-size", type=POSITIVE, default=32, help="rows per forward pass (default: 32)"),
         arg("--max-batch-tokens", type=POSITIVE, default=8192, help="token budget per batch (default: 8192)"),
-        arg("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)"),
+        arg("--device", default="auto", help="auto (CUDA when present, else cpu), cpu, cuda, cuda:1, ... "
+            "(default: auto); under torchrun each rank uses cuda:LOCAL_RANK"),
         arg("--dtype", choices=DTYPES, help="default: float32"),
         arg("--backend", default="auto", choices=["auto", "olmo2", "hf"], help="model implementation"),
         arg("--tokenizer", help="tokenizer.json / HF dir, or 'dolma2' (default: the model's)"),
