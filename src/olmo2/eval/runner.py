@@ -187,7 +187,12 @@ class Evaluator:
         try:
             for name, prep in self.prepared.items():
                 t0 = time.perf_counter()
-                metrics, records = self._score(lm, prep)
+                progress = _Progress(name) if self.verbose else None
+                try:
+                    metrics, records = self._score(lm, prep, progress)
+                finally:
+                    if progress is not None:
+                        progress.close()
                 fmt = prep.data.format
                 metrics.update(
                     kind=fmt.kind,
@@ -237,15 +242,7 @@ class Evaluator:
             },
         }
 
-    def _score(self, lm: EvalLM, prep: _Prepared) -> tuple[dict, list[dict]]:
-        progress = _Progress(prep.data.format.name) if self.verbose else None
-        try:
-            return self._score_with(lm, prep, progress)
-        finally:
-            if progress is not None:
-                progress.close()
-
-    def _score_with(self, lm: EvalLM, prep: _Prepared, progress: _Progress | None) -> tuple[dict, list[dict]]:
+    def _score(self, lm: EvalLM, prep: _Prepared, progress: _Progress | None) -> tuple[dict, list[dict]]:
         data, fmt = prep.data, prep.data.format
         if fmt.kind == "gen":
             return gsm8k_metrics(
