@@ -164,8 +164,8 @@ COMMANDS = {
         arg("run_dir", help="run folder (holds metrics.jsonl)"),
         arg("--out", help="output PNG (default: RUN_DIR/training.png)"), show=wrote),
     "eval": command(
-        "OLMES-style evaluation (RC/MC/BPB/generative) of our or any HF causal-LM checkpoint",
-        "olmo2.eval.runner:run_eval", arg("model", help="checkpoint or Hugging Face causal-LM directory"),
+        "OLMES-style evaluation (RC/MC/BPB/generative) of our or any HF causal-LM checkpoint; "
+        "under torchrun the ranks split the work", "olmo2.eval.runner:run_eval", arg("model", help="checkpoint or Hugging Face causal-LM directory"),
         arg("--tasks", default="olmes_core",
             help="comma-separated suites, tasks, task:format names (default: olmes_core)"),
         arg("--limit", type=POSITIVE, help="at most N docs per task format"),
