@@ -192,15 +192,16 @@ COMMANDS = {
         arg("run_dir", help="run folder (holds metrics.jsonl)"),
         arg("--out", help="output PNG (default: RUN_DIR/training.png)"), show=wrote),
     "eval": command(
-        "OLMES-style evaluation (RC/MC/BPB/generative) of our or any HF causal-LM checkpoint",
-        "olmo2.eval.runner:run_eval", arg("model", help="checkpoint or Hugging Face causal-LM directory"),
+        "OLMES-style evaluation (RC/MC/BPB/generative) of our or any HF causal-LM checkpoint; "
+        "under torchrun the ranks split the work", "olmo2.eval.runner:run_eval", arg("model", help="checkpoint or Hugging Face causal-LM directory"),
         arg("--tasks", default="olmes_core",
             help="comma-separated suites, tasks, task:format names (default: olmes_core)"),
         arg("--limit", type=POSITIVE, help="at most N docs per task format"),
         arg("--out", help="write the results JSON here"),
         arg("--batch-size", type=POSITIVE, default=32, help="rows per forward pass (default: 32)"),
         arg("--max-batch-tokens", type=POSITIVE, default=8192, help="token budget per batch (default: 8192)"),
-        arg("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)"),
+        arg("--device", default="auto", help="auto (CUDA when present, else cpu), cpu, cuda, cuda:1, ... "
+            "(default: auto); under torchrun each rank uses cuda:LOCAL_RANK"),
         arg("--dtype", choices=DTYPES, help="default: float32"),
         arg("--backend", default="auto", choices=["auto", "olmo2", "hf"], help="model implementation"),
         arg("--tokenizer", help="tokenizer.json / HF dir, or 'dolma2' (default: the model's)"),

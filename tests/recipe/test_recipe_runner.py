@@ -11,6 +11,9 @@ import pytest
 import torch
 import yaml
 
+from olmo2.cli import main
+from olmo2.eval.suites import expand, formats_of
+from olmo2.eval.tasks import resolve_format
 from olmo2.model.checkpoint import read_state_dict
 from olmo2.recipe.config import load_recipe
 from olmo2.recipe.runner import Recipe
@@ -47,9 +50,30 @@ def _recipe(tmp_path: Path, train_config, seeds=(1, 2), long_anneal: bool = Fals
     return tmp_path / "recipe.yaml"
 
 
-def test_recipe_runs_every_step_and_reports(tmp_path, monkeypatch, train_config_dict):
+def _demo_like_eval(monkeypatch) -> list[tuple[str, int | None]]:
+    """The demo recipe's task spec, scored by a stand-in for ``run_eval`` (the test models' 384-token
+    vocabulary cannot read the real tasks): the overrides that set it, and the calls it records."""
+    demo = load_recipe(Path(__file__).parents[2] / "configs/recipe/demo.yaml").eval
+    formats = [resolve_format(f) for entry in expand(demo.tasks) for f in formats_of(entry)]
+    assert formats and all(
+        f.kind == "ranked" for f in formats
+    )  # accuracies: higher is better, as pareto needs
+    calls = []
+
+    def run_eval(checkpoint, tasks, *, limit, out, quiet):
+        calls.append((tasks, limit))
+        summary = {entry: 0.25 + 0.01 * len(calls) for entry in expand(tasks)}
+        return {"model": checkpoint, "settings": {}, "summary": summary, "suites": {}, "tasks": {}}
+
+    monkeypatch.setattr("olmo2.recipe.runner.run_eval", run_eval)
+    return [f"eval.tasks={demo.tasks}", f"eval.limit={demo.limit}"], calls
+
+
+def test_recipe_runs_every_step_and_reports(tmp_path, monkeypatch, train_config_dict, capsys):
     monkeypatch.setattr("olmo2.recipe.runner._token_byte_lengths", lambda tok, size: torch.full((size,), 2.0))
-    summary = Recipe(load_recipe(_recipe(tmp_path, train_config_dict, long_anneal=True))).run()
+    overrides, eval_calls = _demo_like_eval(monkeypatch)
+    recipe = load_recipe(_recipe(tmp_path, train_config_dict, long_anneal=True), overrides)
+    summary = Recipe(recipe).run()
     out = tmp_path / "recipe"
     assert sorted(p.stem for p in (out / ".done").glob("*.json")) == [
         "anneal-long-seed1",
@@ -83,6 +107,14 @@ def test_recipe_runs_every_step_and_reports(tmp_path, monkeypatch, train_config_
     assert names[0] == "stage1" and names.index("anneal-seed2") < names.index("soup") and names[-1] == "total"
     assert (out / "loss_curves.png").is_file() and (out / "eval_metrics.png").is_file()
     assert summary["flops"]["soup"] > summary["flops"]["anneal-seed1"] > summary["flops"]["stage1"] > 0
+    # With the demo's tasks, every checkpoint is a point of `olmo2 pareto --runs report.json`.
+    assert len(eval_calls) == 5 and {call[0] for call in eval_calls} == {recipe.eval.tasks}
+    points = json.loads((out / "report.json").read_text())
+    assert [p["name"] for p in points] == [f"tiny/{c}" for c in summary["metrics"]] and len(points) == 5
+    capsys.readouterr()
+    assert main(["pareto", "--runs", str(out / "report.json"), "--out", str(tmp_path / "pareto.png")]) == 0
+    plotted = capsys.readouterr().out.split("frontier of your runs: ")[1].split(", ")
+    assert len(plotted) >= 1 and plotted[0] == "tiny/stage1"  # the cheapest run is on its frontier
 
 
 def test_killed_recipe_reruns_only_unfinished_steps(tmp_path, train_config_dict, capfd):

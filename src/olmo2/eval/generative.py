@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 
 from olmo2.eval.lm import EvalLM, TextTokenizer
+from olmo2.eval.shard import WHOLE, Shard
 from olmo2.eval.tasks import Doc
 
 __all__ = ["exact_match", "extract_answer", "generate_until", "gsm8k_metrics", "normalize_answer"]
@@ -62,13 +63,17 @@ def generate_until(
     batch_size: int = 16,
     chunk: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    shard: Shard = WHOLE,
 ) -> list[str]:
-    """Greedy continuations, each cut at its first stop sequence (and before EOS)."""
-    outs: list[str | None] = [None] * len(prompts)
+    """Greedy continuations, each cut at its first stop sequence (and before EOS).
+
+    ``progress(done, total)`` counts this rank's batches; with a ``shard``, each rank decodes its own
+    batches and every rank returns all continuations."""
+    outs: dict[int, str] = {}
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    done = 0
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    mine = [idx for k, idx in enumerate(batches) if shard.owns(k)]
+    for done, idx in enumerate(mine, 1):
         gen: dict[int, list[int]] = {i: [] for i in idx}
         active = list(idx)
         while active:
@@ -92,10 +97,10 @@ def generate_until(
                 else:
                     still.append(i)
             active = still
-        done += len(idx)
         if progress is not None:
-            progress(done, len(prompts))
-    return [o if o is not None else "" for o in outs]
+            progress(done, len(mine))
+    outs = shard.merge(outs)
+    return [outs[i] for i in range(len(prompts))]
 
 
 def gsm8k_metrics(
@@ -106,6 +111,7 @@ def gsm8k_metrics(
     batch_size: int = 16,
     max_new_tokens: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    shard: Shard = WHOLE,
 ) -> tuple[dict, list[dict]]:
     """Exact match of the extracted answer against the gold short answer, and per-doc records."""
     prompts = tok.encode_batch([d.contexts[0] for d in docs])
@@ -113,7 +119,7 @@ def gsm8k_metrics(
         prompts = [p if p[:1] == [tok.bos_token_id] else [tok.bos_token_id, *p] for p in prompts]
     limit = [min(d.max_gen_toks or 512, max_new_tokens or 10**9) for d in docs]
     texts = generate_until(
-        lm, tok, prompts, [d.stop for d in docs], limit, batch_size=batch_size, progress=progress
+        lm, tok, prompts, [d.stop for d in docs], limit, batch_size=batch_size, progress=progress, shard=shard
     )
     records = []
     for d, text in zip(docs, texts, strict=True):

@@ -20,15 +20,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from olmo2 import __version__
 from olmo2.assets import ASSETS
 from olmo2.eval.generative import gsm8k_metrics
 from olmo2.eval.lm import EvalLM, TextTokenizer, as_eval_lm, as_text_tokenizer, load_eval_model
 from olmo2.eval.scoring import bpb_metrics, loglikelihoods, macro, mc_or_rc, ranked_metrics
+from olmo2.eval.shard import WHOLE, Shard
 from olmo2.eval.suites import SUITES, expand, formats_of
 from olmo2.eval.tasks import DATA_ASSET, TaskData, load_task, resolve_format
 from olmo2.eval.tokens import encode_strings
+from olmo2.train.distributed import init_distributed
 
 __all__ = [
     "Evaluator",
@@ -69,8 +72,43 @@ def _with_bos(tok: TextTokenizer, ids: np.ndarray) -> np.ndarray:
     return np.concatenate([np.array([tok.bos_token_id], dtype=ids.dtype), ids])
 
 
+_LINE = "{desc}: {n_fmt}/{total_fmt} batches, {elapsed} elapsed, about {remaining} left"
+
+
+class _Progress:
+    """One task's progress on stderr, counted in batches: a tqdm bar on a terminal; elsewhere (a log
+    file) a plain line every ``every`` seconds and one at the end."""
+
+    def __init__(self, name: str, every: float = 30.0):
+        self.name, self.every = name, every
+        self.bar = None
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc=self.name, unit="batch", file=sys.stderr, leave=False)
+            self.bar.update(done - self.bar.n)
+            return
+        now = time.monotonic()
+        if done == total or now - self.last >= self.every:
+            self.last = now
+            line = tqdm.format_meter(
+                done, total, now - self.start, prefix=self.name, unit="batch", bar_format=_LINE
+            )
+            print(f"olmo2 eval: {line}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class Evaluator:
-    """Tasks loaded and tokenised once; ``evaluator(model)`` scores a model on all of them."""
+    """Tasks loaded and tokenised once; ``evaluator(model)`` scores a model on all of them.
+
+    With a ``shard`` (one per rank of a process group), the ranks split every task's batches and all
+    of them get the merged results, equal to one process's; ``verbose`` adds a progress bar per task.
+    """
 
     def __init__(
         self,
@@ -85,13 +123,14 @@ class Evaluator:
         token_cache: bool = True,
         all_norms: bool = False,
         verbose: bool = False,
+        shard: Shard = WHOLE,
     ):
         self.tok = as_text_tokenizer(tokenizer)
         self.spec = tasks if isinstance(tasks, str) else ",".join(tasks)
         self.entries = expand(tasks)
         self.limit, self.batch_size, self.max_batch_tokens = limit, batch_size, max_batch_tokens
         self.gen_max_tokens, self.keep_docs, self.verbose = gen_max_tokens, keep_docs, verbose
-        self.all_norms = all_norms
+        self.all_norms, self.shard = all_norms, shard
         self.prepared: dict[str, _Prepared] = {}
         for entry in self.entries:
             for name in formats_of(entry):
@@ -125,6 +164,7 @@ class Evaluator:
             "model_max_length": lm.max_length,
             "dtype": str(param.dtype).removeprefix("torch.") if param is not None else None,
             "device": str(lm.device),
+            "ranks": self.shard.world_size,
             "tokenizer_sha256": self.tok.fingerprint,
             "data": f"{asset.requirement} {asset.member} (tree sha256 {asset.sha256})",
             "olmo2": __version__,
@@ -147,7 +187,12 @@ class Evaluator:
         try:
             for name, prep in self.prepared.items():
                 t0 = time.perf_counter()
-                metrics, records = self._score(lm, prep)
+                progress = _Progress(name) if self.verbose else None
+                try:
+                    metrics, records = self._score(lm, prep, progress)
+                finally:
+                    if progress is not None:
+                        progress.close()
                 fmt = prep.data.format
                 metrics.update(
                     kind=fmt.kind,
@@ -197,7 +242,7 @@ class Evaluator:
             },
         }
 
-    def _score(self, lm: EvalLM, prep: _Prepared) -> tuple[dict, list[dict]]:
+    def _score(self, lm: EvalLM, prep: _Prepared, progress: _Progress | None) -> tuple[dict, list[dict]]:
         data, fmt = prep.data, prep.data.format
         if fmt.kind == "gen":
             return gsm8k_metrics(
@@ -206,9 +251,16 @@ class Evaluator:
                 data.docs,
                 batch_size=max(1, self.batch_size // 2),
                 max_new_tokens=self.gen_max_tokens,
+                progress=progress,
+                shard=self.shard,
             )
         ll = loglikelihoods(
-            lm, prep.requests, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens
+            lm,
+            prep.requests,
+            batch_size=self.batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            progress=progress,
+            shard=self.shard,
         )
         records, i = [], 0
         for d in data.docs:
@@ -326,7 +378,7 @@ def run_eval(
     out: str | Path | None = None,
     batch_size: int = 32,
     max_batch_tokens: int = 8192,
-    device: str = "cpu",
+    device: str = "auto",
     dtype: str | None = None,
     backend: str = "auto",
     tokenizer: str | None = None,
@@ -338,23 +390,35 @@ def run_eval(
     """Score ``model`` on ``tasks`` (task:format names or suites such as olmes_core; ``olmo2 eval --list``
     shows them), print a table and optionally write JSON to ``out`` with per-task metrics, counts and
     settings. ``out`` is checked before anything is scored; if writing it still fails, the results
-    go to a temporary file, which the error names."""
-    out = _check_writable(out) if out is not None else None
-    lm, tok = load_eval_model(model, device=device, dtype=dtype, backend=backend, tokenizer=tokenizer)
-    ev = Evaluator(
-        tok,
-        tasks,
-        limit=limit,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
-        gen_max_tokens=gen_max_tokens,
-        keep_docs=keep_docs,
-        all_norms=all_norms,
-        verbose=not quiet,
-    )
-    results = ev(lm)
+    go to a temporary file, which the error names.
+
+    ``device`` auto: CUDA when present, else the CPU. Under ``torchrun`` the ranks (NCCL on CUDA, each
+    on ``cuda:LOCAL_RANK``; Gloo on CPU) split the batches of every task and merge the results,
+    which equal one process's; only rank 0 prints and writes ``out``."""
+    env = init_distributed(device)
+    try:
+        out = _check_writable(out) if out is not None and env.is_main else None
+        lm, tok = load_eval_model(
+            model, device=str(env.device), dtype=dtype, backend=backend, tokenizer=tokenizer
+        )
+        ev = Evaluator(
+            tok,
+            tasks,
+            limit=limit,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            gen_max_tokens=gen_max_tokens,
+            keep_docs=keep_docs,
+            all_norms=all_norms,
+            verbose=not quiet and env.is_main,
+            shard=Shard(env.rank, env.world_size),
+        )
+        results = ev(lm)
+    finally:
+        if env.owns_process_group:
+            torch.distributed.destroy_process_group()
     results["model"] = str(model)
-    if not quiet:
+    if not quiet and env.is_main:
         print(format_table(results))
     if out is not None:
         _write_results(results, out)

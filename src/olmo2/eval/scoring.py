@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from olmo2.eval.lm import EvalLM, Past
+from olmo2.eval.shard import WHOLE, Shard
 
 __all__ = ["bpb_metrics", "loglikelihoods", "mc_or_rc", "ranked_metrics"]
 
@@ -128,10 +129,14 @@ def loglikelihoods(
     batch_size: int = 32,
     max_batch_tokens: int = 8192,
     progress: Callable[[int, int], None] | None = None,
+    shard: Shard = WHOLE,
 ) -> np.ndarray:
     """``Σ log p(continuation | context)`` (float64) for each ``(context_ids, continuation_ids)``.
 
-    Token sequences may be lists or integer arrays.
+    Token sequences may be lists or integer arrays. ``progress(done, total)`` counts this rank's
+    batches. With a ``shard``, each rank runs its own batches and every rank returns all scores; the
+    prefix cache is still walked through every batch, so each batch starts from the keys/values one
+    process would have.
     """
     L = lm.max_length
     index: dict[tuple[bytes, bytes], int] = {}
@@ -162,10 +167,15 @@ def loglikelihoods(
         back[i] = j
 
     rows = _build_rows(uniq, lm.supports_packing, max_pack=MAX_PACK)
-    totals = np.zeros(len(uniq), dtype=np.float64)
+    batches = list(_batches(rows, batch_size, max_batch_tokens, lm.supports_prefix))
+    mine = sum(shard.owns(k) for k in range(len(batches)))
+    last = max((k for k in range(len(batches)) if shard.owns(k)), default=-1)
+    scores: dict[int, float] = {}
     past: Past | None = None
     done = 0
-    for batch in _batches(rows, batch_size, max_batch_tokens, lm.supports_prefix):
+    for k, batch in enumerate(batches):
+        if k > last:
+            break  # the rest belongs to other ranks
         P = 0
         if lm.supports_prefix:
             lo, hi = min(r.key for r in batch), max(r.key for r in batch)
@@ -175,12 +185,18 @@ def loglikelihoods(
             past = use = _prefix(lm, past, batch[0].key[: 4 * P])
         else:
             P = 0
+        if not shard.owns(k):
+            continue
         idx, val = _run_batch(lm, batch, uniq, P, use)
-        np.add.at(totals, idx, val)
-        done += len(batch)
+        reqs, slot = np.unique(idx, return_inverse=True)
+        totals = np.zeros(len(reqs), dtype=np.float64)
+        np.add.at(totals, slot, val)  # a request's tokens all lie in this batch
+        scores.update(zip(reqs.tolist(), totals.tolist(), strict=True))
+        done += 1
         if progress is not None:
-            progress(done, len(rows))
-    return totals[back]
+            progress(done, mine)
+    merged = shard.merge(scores)
+    return np.array([merged[i] for i in range(len(uniq))], dtype=np.float64)[back]
 
 
 def _prefix(lm: EvalLM, past: Past | None, key: bytes) -> Past:
