@@ -23,7 +23,7 @@ import torch
 
 from olmo2 import __version__
 from olmo2.assets import ASSETS
-from olmo2.eval.generative import gsm8k_metrics
+from olmo2.eval.generative import generative_metrics
 from olmo2.eval.lm import EvalLM, TextTokenizer, as_eval_lm, as_text_tokenizer, load_eval_model
 from olmo2.eval.scoring import bpb_metrics, loglikelihoods, macro, mc_or_rc, ranked_metrics
 from olmo2.eval.suites import SUITES, expand, formats_of
@@ -200,9 +200,10 @@ class Evaluator:
     def _score(self, lm: EvalLM, prep: _Prepared) -> tuple[dict, list[dict]]:
         data, fmt = prep.data, prep.data.format
         if fmt.kind == "gen":
-            return gsm8k_metrics(
+            return generative_metrics(
                 lm,
                 self.tok,
+                fmt,
                 data.docs,
                 batch_size=max(1, self.batch_size // 2),
                 max_new_tokens=self.gen_max_tokens,
