@@ -14,7 +14,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +85,7 @@ class Evaluator:
         token_cache: bool = True,
         all_norms: bool = False,
         verbose: bool = False,
+        local_data: Mapping[str, str | Path] | None = None,
     ):
         self.tok = as_text_tokenizer(tokenizer)
         self.spec = tasks if isinstance(tasks, str) else ",".join(tasks)
@@ -96,7 +97,7 @@ class Evaluator:
         for entry in self.entries:
             for name in formats_of(entry):
                 t0 = time.perf_counter()
-                data = load_task(resolve_format(name), limit=limit)
+                data = load_task(resolve_format(name), limit=limit, local_data=local_data)
                 if data.format.kind == "ranked" and data.format.norm != "pmi" and not all_norms:
                     for d in data.docs:  # PMI's unconditional requests only when PMI is the metric
                         d.uncond_contexts = None
@@ -335,11 +336,13 @@ def run_eval(
     keep_docs: bool = False,
     all_norms: bool = False,
     quiet: bool = False,
+    local_data: Mapping[str, str | Path] | None = None,
 ) -> dict:
     """Score ``model`` on ``tasks`` (task:format names or suites such as olmes_core; ``olmo2 eval --list``
     shows them), print a table and optionally write JSON to ``out`` with per-task metrics, counts and
     settings. ``out`` is checked before anything is scored; if writing it still fails, the results
-    go to a temporary file, which the error names."""
+    go to a temporary file, which the error names. ``local_data`` maps ``agieval`` / ``mmlu_pro`` to
+    their local copies."""
     out = _check_writable(out) if out is not None else None
     lm, tok = load_eval_model(model, device=device, dtype=dtype, backend=backend, tokenizer=tokenizer)
     ev = Evaluator(
@@ -352,6 +355,7 @@ def run_eval(
         keep_docs=keep_docs,
         all_norms=all_norms,
         verbose=not quiet,
+        local_data=local_data,
     )
     results = ev(lm)
     results["model"] = str(model)
