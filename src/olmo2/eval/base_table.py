@@ -25,6 +25,8 @@ __all__ = ["base_table", "eval_command", "format_markdown", "plot_base_table", "
 TABLES = ("base",)
 NOT_RUN = "not run"
 PLOTTED_REFERENCES = ("OLMo 2 1B", "OLMo 2 7B", "OLMo 2 13B", "OLMo 2 32B")
+MODEL_COLOR = "#d6336c"
+REFERENCE_COLORS = ("#a5d8ff", "#74c0fc", "#339af0", "#1864ab")  # light to dark by size
 
 
 def _local_key(entry: str) -> str | None:
@@ -122,6 +124,7 @@ def plot_base_table(table: dict, out: str | Path) -> Path:
     refs = {r["name"]: r for r in table["rows"][1:]}
     rows = [table["rows"][0], *(refs[n] for n in PLOTTED_REFERENCES if n in refs)]
     width = 0.8 / len(rows)
+    left = -(len(rows) - 1) / 2 * width  # offset of the model's bar
     fig, ax = plt.subplots(figsize=(13, 4.8))
     for j, row in enumerate(rows):
         values = [row["scores"][c] for c in table["columns"]] + [row["avg_ran"]]
@@ -131,12 +134,13 @@ def plot_base_table(table: dict, out: str | Path) -> Path:
             [v for v in values if v is not None],
             width,
             label=row["name"] if j == 0 else f"{row['name']} (paper)",
-            color="#d6336c" if j == 0 else None,
-            alpha=1.0 if j == 0 else 0.55,
+            color=MODEL_COLOR if j == 0 else REFERENCE_COLORS[(j - 1) % len(REFERENCE_COLORS)],
         )
     for i, col in enumerate(table["columns"]):
         if col in table["not_run"]:
-            ax.text(i, 2, NOT_RUN, rotation=90, ha="center", va="bottom", fontsize=8, color="#495057")
+            ax.text(
+                i + left, 2, NOT_RUN, rotation=90, ha="center", va="bottom", fontsize=8, color=MODEL_COLOR
+            )
     ax.set_xticks(range(len(labels)), labels, rotation=20)
     ax.set_ylabel("score (paper Tab 6 metrics, ×100)")
     ax.set_ylim(0, 100)
