@@ -109,3 +109,16 @@ def test_drop_numbers_and_spans():
     assert drop_em_f1("3", [("2",)]) == (0.0, 0.0)  # numbers must agree
     assert drop_em_f1(["Smith", "Jones"], [("Jones", "Smith")]) == (1.0, 1.0)  # span order is free
     assert drop_em_f1("anything", [("",)]) == (0.0, 0.0)  # blank golds are skipped
+
+
+def test_full_task_sizes_and_settings():
+    """The OLMES samples and TriviaQA's validation split, with their stop sequences and token limit."""
+    expected = {"drop:gen": 1000, "naturalqs:gen": 1000, "triviaqa:gen": 7993}
+    for task, n in expected.items():
+        docs = load_task(task).docs
+        assert len(docs) == n and all(d.answers and d.max_gen_toks == 50 for d in docs), task
+    trivia = load_task("triviaqa:gen", limit=1).docs[0]
+    assert trivia.contexts[0].count("Question: ") == 6 and trivia.contexts[0].endswith(
+        "Question: Which Lloyd Webber musical premiered in the US on 10th December 1993?\nAnswer:"
+    )
+    assert trivia.continuations == [" Sunset Boulevard"] and "Sunset Blvd" in trivia.answers
