@@ -59,12 +59,11 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def _field(row: dict, key: str, kind, where: str):
+def _field(row: dict, key: str, kind: type, where: str):
     value = row.get(key)
     if not isinstance(value, kind) or isinstance(value, bool):
-        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         found = "missing" if key not in row else f"a {type(value).__name__}"
-        raise LocalDataError(f"{where}: field {key!r} must be a {name} ({found})")
+        raise LocalDataError(f"{where}: field {key!r} must be a {kind.__name__} ({found})")
     return value
 
 
