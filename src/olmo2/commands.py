@@ -193,9 +193,13 @@ COMMANDS = {
         arg("--out", help="output PNG (default: RUN_DIR/training.png)"), show=wrote),
     "eval": command(
         "OLMES-style evaluation (RC/MC/BPB/generative) of our or any HF causal-LM checkpoint; "
-        "under torchrun the ranks split the work", "olmo2.eval.runner:run_eval", arg("model", help="checkpoint or Hugging Face causal-LM directory"),
-        arg("--tasks", default="olmes_core",
-            help="comma-separated suites, tasks, task:format names (default: olmes_core)"),
+        "under torchrun the ranks split the work",
+        "olmo2.eval.base_table:eval_command", arg("model", help="checkpoint or Hugging Face causal-LM directory"),
+        arg("--tasks", help="comma-separated suites, tasks, task:format names (default: olmes_core)"),
+        arg("--table", choices=["base"], help="run the paper's base-model table (Tab 6) and print/save the "
+            "model's row beside the paper's (JSON at --out, default base-table.json, plus .md and .png)"),
+        arg("--agieval", metavar="DIR", help="local AGIEval copy: the 8 English <task>.jsonl files"),
+        arg("--mmlu-pro", metavar="DIR", help="local MMLU-Pro copy: test.jsonl and validation.jsonl"),
         arg("--limit", type=POSITIVE, help="at most N docs per task format"),
         arg("--out", help="write the results JSON here"),
         arg("--batch-size", type=POSITIVE, default=32, help="rows per forward pass (default: 32)"),
@@ -205,7 +209,7 @@ COMMANDS = {
         arg("--dtype", choices=DTYPES, help="default: float32"),
         arg("--backend", default="auto", choices=["auto", "olmo2", "hf"], help="model implementation"),
         arg("--tokenizer", help="tokenizer.json / HF dir, or 'dolma2' (default: the model's)"),
-        arg("--gen-max-tokens", type=POSITIVE, help="cap on generated tokens (GSM8K)"),
+        arg("--gen-max-tokens", type=POSITIVE, help="cap on generated tokens (GSM8K, DROP, NQ, TriviaQA, ...)"),
         arg("--all-norms", action="store_true", help="also score PMI where it is not the metric"),
         arg("--per-doc", dest="keep_docs", action="store_true", help="keep per-doc scores in the JSON"),
         arg("--list", action="print_and_exit", target="olmo2.eval.suites:describe_all",
