@@ -334,13 +334,16 @@ def run_eval(
     keep_docs: bool = False,
     all_norms: bool = False,
     quiet: bool = False,
+    revision: str | None = None,
 ) -> dict:
-    """Score ``model`` on ``tasks`` (task:format names or suites such as olmes_core; ``olmo2 eval --list``
+    """Score ``model`` (a directory, or a Hugging Face Hub id at ``revision``) on ``tasks`` (task:format names or suites such as olmes_core; ``olmo2 eval --list``
     shows them), print a table and optionally write JSON to ``out`` with per-task metrics, counts and
     settings. ``out`` is checked before anything is scored; if writing it still fails, the results
     go to a temporary file, which the error names."""
     out = _check_writable(out) if out is not None else None
-    lm, tok = load_eval_model(model, device=device, dtype=dtype, backend=backend, tokenizer=tokenizer)
+    lm, tok = load_eval_model(
+        model, device=device, dtype=dtype, backend=backend, tokenizer=tokenizer, revision=revision
+    )
     ev = Evaluator(
         tok,
         tasks,
@@ -354,6 +357,8 @@ def run_eval(
     )
     results = ev(lm)
     results["model"] = str(model)
+    if revision is not None:
+        results["revision"] = revision
     if not quiet:
         print(format_table(results))
     if out is not None:
