@@ -336,9 +336,9 @@ def run_eval(
     quiet: bool = False,
     revision: str | None = None,
 ) -> dict:
-    """Score ``model`` (a directory, or a Hugging Face Hub id at ``revision``) on ``tasks`` (task:format names or suites such as olmes_core; ``olmo2 eval --list``
-    shows them), print a table and optionally write JSON to ``out`` with per-task metrics, counts and
-    settings. ``out`` is checked before anything is scored; if writing it still fails, the results
+    """Score ``model`` (a directory, or a Hugging Face Hub id at ``revision``) on ``tasks`` (task:format
+    names or suites such as olmes_core; ``olmo2 eval --list`` shows them), print a table and optionally
+    write JSON to ``out`` with per-task metrics, counts and settings. ``out`` is checked before anything is scored; if writing it still fails, the results
     go to a temporary file, which the error names."""
     out = _check_writable(out) if out is not None else None
     lm, tok = load_eval_model(

@@ -129,9 +129,7 @@ class PostTrainConfig:
     ``logging`` are the sections pretraining has, read by the same code.
     """
 
-    model: str = (
-        ""  # input checkpoint directory (HF format, e.g. from `olmo2 model init` or a prior stage) or Hub id
-    )
+    model: str = ""  # input checkpoint: an HF directory (`olmo2 model init`, a prior stage) or a Hub id
     revision: str | None = None  # Hub branch, tag or commit when model is a Hub id (default: main)
     data: str | list[str] = field(default_factory=list)  # JSONL file(s)
     tokenizer: str | None = None  # default: the pinned dolma2 tokenizer

@@ -247,7 +247,7 @@ def _check_manifests(cfg: TrainConfig, mix: Mix, env: DistEnv) -> None:
 
 def _tokenizer_export(cfg: TrainConfig, env: DistEnv) -> Callable[[Path], None] | None:
     """What each checkpoint's ``model/`` gets beside the weights, so that other tools (transformers,
-    lm-eval, vLLM) load it as is: the tokenizer files with the chat template, written as post-training
+    lm-eval) load it as is: the tokenizer files with the chat template, written as post-training
     and ``convert to-hf`` write them. The tokenizer is pretraining's (dolma2, or ``$OLMO2_TOKENIZER``);
     a model built for another vocabulary, or a tokenizer that cannot be fetched, gets none (noted)."""
     if not cfg.checkpoint.export_hf:
