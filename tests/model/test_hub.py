@@ -153,7 +153,7 @@ def test_generate_and_convert_from_a_hub_id(offline, tmp_path, capsys):
     assert imported.keys() == original.keys() and all(torch.equal(imported[k], original[k]) for k in original)
 
 
-def test_init_checkpoint_names_a_hub_id(offline, make_train_config, tmp_path):
+def test_init_checkpoint_names_a_hub_id(offline, make_train_config, tmp_path, capsys):
     """Step 1's loss depends on the initial weights: a Hub id gives that of its local export, and
     ``init.revision`` that of the other revision."""
     _, exports = offline
@@ -168,6 +168,12 @@ def test_init_checkpoint_names_a_hub_id(offline, make_train_config, tmp_path):
         assert main(["train", str(config), f"run.folder={folder}", "run.max_steps=1", *init]) == 0
         losses[name] = read_metrics(folder)[0]["loss"]
     assert losses["hub"] == losses["local"] != losses["hub-v2"]
+    local_step = f"init.checkpoint={tmp_path / 'hub' / 'step1'}"  # a training checkpoint takes no revision
+    assert main(["train", str(config), f"run.folder={tmp_path}/x", local_step, "init.revision=v2"]) == 4
+    assert main(["train", str(config), f"run.folder={tmp_path}/y", "init.revision=v2"]) == 4
+    err = capsys.readouterr().err
+    assert "init.checkpoint: " in err and "is a local path; a revision (v2) pins Hub ids only" in err
+    assert "init.revision (v2) needs init.checkpoint" in err
 
 
 def test_a_posttrain_stage_starts_from_a_hub_id(offline, tmp_path):

@@ -166,6 +166,10 @@ class InitConfig:
     load_optimizer: bool = True  # restore AdamW moments too, when the checkpoint has them (spec §5)
     seed: int = 0  # random initialisation seed (when there is no checkpoint)
 
+    def __post_init__(self) -> None:
+        if self.revision is not None and not self.checkpoint:
+            raise ValueError(f"init.revision ({self.revision}) needs init.checkpoint (a Hub id)")
+
 
 @dataclass
 class TrainConfig:

@@ -176,7 +176,7 @@ def _init_from(cfg: TrainConfig, module: LMTrainModule, env: DistEnv) -> str:
     """Stage 2: weights (and AdamW moments) from a stage-1 checkpoint or an imported HF model; never
     the data position (the anneal reads another mix)."""
     path, model = Path(cfg.init.checkpoint), module.model
-    if (path / "train").is_dir():
+    if (path / "train").is_dir() and cfg.init.revision is None:  # with one: refused just below
         faults = [f for f in all_gather_object(checkpoint_fault(path, env.rank, env.world_size)) if f]
         if faults:  # a stage-2 start has no earlier checkpoint to fall back to
             raise ValueError(f"init.checkpoint {path} is damaged: {faults[0]}")
