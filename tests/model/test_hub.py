@@ -58,8 +58,8 @@ def add_to_hub_cache(cache: Path, repo_id: str, model_dir: Path, refs: list[str]
 
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory):
-    """``(cache, {revision: (commit, local export)})``: two revisions of REPO (``main``, ``v2``) exported
-    by ``convert to-hf`` (tokenizer files included), and TRAIN_REPO's ``main`` and ``v2``."""
+    """``(cache, {(repo, revision): (commit, local export)})``: two revisions (``main``, ``v2``) of REPO,
+    exported by ``convert to-hf`` (tokenizer files included), and of TRAIN_REPO."""
     root = tmp_path_factory.mktemp("hub")
     cache, exports = root / "hf_home" / "hub", {}
     for repo, cfg in ((REPO, TINY), (TRAIN_REPO, TRAIN_MODEL)):
@@ -72,7 +72,7 @@ def hub_cache(tmp_path_factory):
 
 @pytest.fixture
 def offline(hub_cache, tmp_path, monkeypatch):
-    """HF_HOME/HF_HUB_CACHE at the test cache, HF_HUB_OFFLINE=1, and a working directory without an
+    """HF_HOME/HF_HUB_CACHE at the test cache, HF_HUB_OFFLINE=1, and a working directory without a
     ``testorg/`` folder (a local path would win)."""
     cache, exports = hub_cache
     monkeypatch.setenv("HF_HOME", str(cache.parent))
