@@ -389,9 +389,10 @@ def run_eval(
     all_norms: bool = False,
     quiet: bool = False,
     local_data: Mapping[str, str | Path] | None = None,
+    revision: str | None = None,
 ) -> dict:
-    """Score ``model`` on ``tasks`` (task:format names or suites such as olmes_core; ``olmo2 eval --list``
-    shows them), print a table and optionally write JSON to ``out`` with per-task metrics, counts and
+    """Score ``model`` (a directory, or a Hugging Face Hub id at ``revision``) on ``tasks`` (task:format
+    names or suites such as olmes_core; ``olmo2 eval --list`` shows them), print a table and optionally write JSON to ``out`` with per-task metrics, counts and
     settings. ``out`` is checked before anything is scored; if writing it still fails, the results
     go to a temporary file, which the error names. ``local_data`` maps ``agieval`` / ``mmlu_pro`` to
     their local copies.
@@ -403,7 +404,12 @@ def run_eval(
     try:
         out = _check_writable(out) if out is not None and env.is_main else None
         lm, tok = load_eval_model(
-            model, device=str(env.device), dtype=dtype, backend=backend, tokenizer=tokenizer
+            model,
+            device=str(env.device),
+            dtype=dtype,
+            backend=backend,
+            tokenizer=tokenizer,
+            revision=revision,
         )
         ev = Evaluator(
             tok,
@@ -423,6 +429,8 @@ def run_eval(
         if env.owns_process_group:
             torch.distributed.destroy_process_group()
     results["model"] = str(model)
+    if revision is not None:
+        results["revision"] = revision
     if not quiet and env.is_main:
         print(format_table(results))
     if out is not None:
