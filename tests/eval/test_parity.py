@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import REAL_VOCAB, olmo2_hf
+from eval_models import REAL_VOCAB, olmo2_hf
 
 from olmo2.eval.lm import HFLM, Olmo2LM
 from olmo2.eval.runner import Evaluator

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REAL_VOCAB, transformers
+from eval_models import REAL_VOCAB, transformers
 
 from olmo2.cli import main
 from olmo2.eval import runner

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import llama_hf, naive_loglikelihood, olmo2_hf
+from eval_models import llama_hf, naive_loglikelihood, olmo2_hf
 
 from olmo2.eval.generative import exact_match, extract_answer, normalize_answer
 from olmo2.eval.lm import HFLM, Olmo2LM
