@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from olmo2.eval.reference_results import BASE, BASE_BENCHMARKS, INSTRUCT, find, reference_table
 from olmo2.recipe.pareto import load_runs, pareto_frontier, plot_pareto
-from olmo2.recipe.reference_results import BASE, BASE_BENCHMARKS, INSTRUCT, find, reference_table
 
 
 def test_frontier_on_a_small_example():

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from olmo2.recipe.reference_results import Reference, reference_table
+from olmo2.eval.reference_results import Reference, reference_table
 
 COLORS = {
     "fully open": "#d6336c",

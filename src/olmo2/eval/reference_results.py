@@ -1,4 +1,5 @@
-"""The paper's reference numbers for the score-vs-compute plots (spec §7.2 base, §7.3 instruct).
+"""The paper's reference numbers: the ``olmo2 eval --table base`` comparison and the score-vs-compute
+plots of ``olmo2 pareto`` (spec §7.2 base, §7.3 instruct).
 
 Base: paper Tab 6 plus the 1-2B rows of Tab 22, OLMES "Avg" of 10 tasks. Instruct: paper Tab 7, the
 Tülu 3 dev-suite "Avg". FLOPs are the paper's ×10²³ (6·N·D, spec §8); ``n/a`` = unknown token count,
