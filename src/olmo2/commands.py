@@ -193,9 +193,11 @@ COMMANDS = {
         arg("--out", help="output PNG (default: RUN_DIR/training.png)"), show=wrote),
     "eval": command(
         "OLMES-style evaluation (RC/MC/BPB/generative) of our or any HF causal-LM checkpoint; "
-        "under torchrun the ranks split the work", "olmo2.eval.runner:run_eval", arg("model", help="checkpoint or Hugging Face causal-LM directory"),
-        arg("--tasks", default="olmes_core",
-            help="comma-separated suites, tasks, task:format names (default: olmes_core)"),
+        "under torchrun the ranks split the work", "olmo2.eval.instruct_table:eval_command", arg("model", help="checkpoint or Hugging Face causal-LM directory"),
+        arg("--tasks", help="comma-separated suites, tasks, task:format names (default: olmes_core)"),
+        arg("--table", choices=["instruct"], help="run the paper's Instruct table (Tab 7) through the chat template and "
+            "print/save the model's row beside the paper's (JSON at --out, default instruct-table.json, plus .md)"),
+        arg("--ifeval-data", metavar="PATH", help="(--table instruct) local IFEval prompts, the public input_data.jsonl"),
         arg("--limit", type=POSITIVE, help="at most N docs per task format"),
         arg("--out", help="write the results JSON here"),
         arg("--batch-size", type=POSITIVE, default=32, help="rows per forward pass (default: 32)"),
