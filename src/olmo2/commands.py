@@ -63,10 +63,12 @@ POSITIVE_FLOAT = "olmo2.commands:positive_float"
 DTYPES = ["float32", "bfloat16", "float16"]
 SIZE = "preset (1b, 7b, 13b, 32b, tiny, small), checkpoint dir or model YAML"
 NEW_DIR = "output directory (must not exist or be empty)"
+MODEL = "a local directory, or a Hugging Face Hub id org/name (cache first; HF_HUB_OFFLINE=1: cache only)"
+REVISION = arg("--revision", help="Hub branch, tag or commit of a Hub id (default: main)")
 TO_HF = "write an HF Olmo2ForCausalLM directory (config, safetensors, tokenizer files)"
 FROM_HF = "import an HF OLMo 2 directory (safetensors or .bin) as an olmo2 checkpoint"
 CONVERT = (
-    arg("src", help="source checkpoint directory"), arg("dst", metavar="out", help=NEW_DIR),
+    arg("src", help=f"source checkpoint: {MODEL}"), arg("dst", metavar="out", help=NEW_DIR), REVISION,
     arg("--dtype", choices=DTYPES, help="cast tensors"),
     arg("--tokenizer", help="tokenizer.json to include (default: dolma2)"),
     arg("--no-tokenizer", dest="with_tokenizer", action="store_false", help="(to-hf) write no tokenizer files"),
@@ -105,7 +107,7 @@ COMMANDS = {
         arg("src", help="olmo2 training checkpoint (a run's step<N>/)"), arg("dst", metavar="out", help=NEW_DIR)),
     "generate": command(
         "generate text from a checkpoint (KV-cache sampling)", "olmo2.generate:generate_from_checkpoint",
-        arg("checkpoint", help="model checkpoint directory"),
+        arg("checkpoint", help=f"model checkpoint: {MODEL}"), REVISION,
         arg("--prompt", dest="prompts", metavar="PROMPT", action="append", required=True,
             help="prompt text (repeat for a batch)"),
         arg("--max-new-tokens", type=POSITIVE, default=64, help="at most max_seq_len - 1; a longer prompt "
@@ -193,10 +195,15 @@ COMMANDS = {
         arg("--out", help="output PNG (default: RUN_DIR/training.png)"), show=wrote),
     "eval": command(
         "OLMES-style evaluation (RC/MC/BPB/generative) of our or any HF causal-LM checkpoint; "
-        "under torchrun the ranks split the work", "olmo2.eval.instruct_table:eval_command", arg("model", help="checkpoint or Hugging Face causal-LM directory"),
+        "under torchrun the ranks split the work",
+        "olmo2.eval.base_table:eval_command", arg("model", help="checkpoint or Hugging Face causal-LM directory, or a Hub id org/name (cache first; "
+            "HF_HUB_OFFLINE=1: cache only)"), REVISION,
         arg("--tasks", help="comma-separated suites, tasks, task:format names (default: olmes_core)"),
-        arg("--table", choices=["instruct"], help="run the paper's Instruct table (Tab 7) through the chat template and "
-            "print/save the model's row beside the paper's (JSON at --out, default instruct-table.json, plus .md)"),
+        arg("--table", choices=["base", "instruct"], help="run a paper table and print/save the model's row beside the "
+            "paper's: base = Tab 6 (JSON at --out, default base-table.json, plus .md and .png); instruct = Tab 7 through "
+            "the chat template (default instruct-table.json, plus .md)"),
+        arg("--agieval", metavar="DIR", help="local AGIEval copy: the 8 English <task>.jsonl files"),
+        arg("--mmlu-pro", metavar="DIR", help="local MMLU-Pro copy: test.jsonl and validation.jsonl"),
         arg("--ifeval-data", metavar="PATH", help="(--table instruct) local IFEval prompts, the public input_data.jsonl"),
         arg("--limit", type=POSITIVE, help="at most N docs per task format"),
         arg("--out", help="write the results JSON here"),
@@ -207,7 +214,7 @@ COMMANDS = {
         arg("--dtype", choices=DTYPES, help="default: float32"),
         arg("--backend", default="auto", choices=["auto", "olmo2", "hf"], help="model implementation"),
         arg("--tokenizer", help="tokenizer.json / HF dir, or 'dolma2' (default: the model's)"),
-        arg("--gen-max-tokens", type=POSITIVE, help="cap on generated tokens (GSM8K)"),
+        arg("--gen-max-tokens", type=POSITIVE, help="cap on generated tokens (GSM8K, DROP, NQ, TriviaQA, ...)"),
         arg("--all-norms", action="store_true", help="also score PMI where it is not the metric"),
         arg("--per-doc", dest="keep_docs", action="store_true", help="keep per-doc scores in the JSON"),
         arg("--list", action="print_and_exit", target="olmo2.eval.suites:describe_all",
@@ -261,7 +268,8 @@ COMMANDS = {
         show=rank0_json),
     "chat": command(
         "interactive chat with a checkpoint (stdin lines; /exit quits)", "olmo2.posttrain.common:chat",
-        arg("ckpt", metavar="checkpoint", help="model directory (e.g. runs/posttrain-demo/sft/model)"),
+        arg("ckpt", metavar="checkpoint", help="model directory (e.g. runs/posttrain-demo/sft/model) or Hub id"),
+        REVISION,
         arg("--tokenizer", help="tokenizer.json (default: the pinned dolma2 one)"),
         arg("--system", help="system message"), arg("--max-new-tokens", type=POSITIVE, default=256),
         arg("--temperature", type=float, default=0.0, help="0 = greedy"), arg("--top-p", type=float, default=1.0),

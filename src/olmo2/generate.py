@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from olmo2.model.checkpoint import load_model, parse_dtype, read_config
+from olmo2.model.checkpoint import load_model, parse_dtype, read_config, resolve_model_dir
 from olmo2.model.device import resolve_device
 from olmo2.model.transformer import KVCache, Olmo2
 from olmo2.tokenizer import load_tokenizer
@@ -375,15 +375,20 @@ def generate_from_checkpoint(
     device: str | None = None,
     dtype: str | None = None,
     echo: bool = False,
+    revision: str | None = None,
 ) -> list[str]:
-    """Each prompt's continuation by the model in ``checkpoint`` (after the prompt itself with ``echo``),
-    on ``device`` (default: cuda if available), with ``tokenizer`` (default: the checkpoint's
-    tokenizer.json, else dolma2)."""
+    """Each prompt's continuation by the model in ``checkpoint`` (a directory, or a Hub id at
+    ``revision``), after the prompt itself with ``echo``, on ``device`` (default: cuda if available),
+    with ``tokenizer`` (default: the checkpoint's tokenizer.json, else dolma2)."""
     device = resolve_device(device)
-    _prompt_room(read_config(checkpoint).max_seq_len, max_new_tokens)  # before loading the weights
-    model = load_model(checkpoint, device=device, dtype=parse_dtype(dtype))
-    own_tokenizer = Path(checkpoint) / "tokenizer.json"
-    tok = load_tokenizer(tokenizer or (own_tokenizer if own_tokenizer.is_file() else None))
+    model_dir = resolve_model_dir(checkpoint, revision)
+    _prompt_room(read_config(model_dir).max_seq_len, max_new_tokens)  # before loading the weights
+    model = load_model(model_dir, device=device, dtype=parse_dtype(dtype))
+    own_tokenizer = model_dir / "tokenizer.json"
+    if tokenizer is None and own_tokenizer.is_file():  # the model's own: no pinned hash to match
+        tok = load_tokenizer(own_tokenizer, verify=False)
+    else:
+        tok = load_tokenizer(tokenizer)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )

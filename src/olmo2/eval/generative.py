@@ -1,10 +1,12 @@
-"""Generative evaluation: greedy decoding until a stop sequence, answer extraction, exact match (GSM8K).
+"""Generative evaluation: greedy decoding until a stop sequence, then exact match of the extracted answer
+(GSM8K) or answer-overlap F1/EM (DROP, NQ, TriviaQA, SQuAD, CoQA; ``answer_metrics``).
 
 Generation runs in chunks of ``chunk`` new tokens; after each chunk a row whose text contains a stop
 sequence (or EOS) is finished and dropped, so a batch does not decode 512 tokens for every row just
 because one row is long. Extraction follows the OLMES GSM8K recipe: the number after the last
 "So the answer is", else the last number in the output; both sides are normalised with the task's
 ``regexes_to_ignore`` (commas, ``$``, anything up to ``#### ``, a final period) before comparing.
+A generation that never reaches a stop sequence is cut at the task's token limit and scored as it is.
 """
 
 from __future__ import annotations
@@ -12,11 +14,20 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from olmo2.eval.answer_metrics import drop_em_f1, squad_em_f1
 from olmo2.eval.lm import EvalLM, TextTokenizer
 from olmo2.eval.shard import WHOLE, Shard
-from olmo2.eval.tasks import Doc
+from olmo2.eval.tasks import Doc, TaskFormat
 
-__all__ = ["exact_match", "extract_answer", "generate_until", "gsm8k_metrics", "normalize_answer"]
+__all__ = [
+    "exact_match",
+    "extract_answer",
+    "generate_until",
+    "generative_metrics",
+    "gsm8k_metrics",
+    "normalize_answer",
+    "qa_metrics",
+]
 
 IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")  # the gsm8k config's metric_kwargs.regexes_to_ignore
 _NUMBER = r"-?[\d,]*\.?\d+"
@@ -103,6 +114,25 @@ def generate_until(
     return [outs[i] for i in range(len(prompts))]
 
 
+def _generate(
+    lm: EvalLM,
+    tok: TextTokenizer,
+    docs: list[Doc],
+    batch_size: int,
+    max_new_tokens: int | None,
+    progress: Callable[[int, int], None] | None,
+    shard: Shard,
+) -> list[str]:
+    """Each doc's greedy generation after its context (with BOS for tokenizers that use one)."""
+    prompts = tok.encode_batch([d.contexts[0] for d in docs])
+    if tok.bos_token_id is not None:
+        prompts = [p if p[:1] == [tok.bos_token_id] else [tok.bos_token_id, *p] for p in prompts]
+    limit = [min(d.max_gen_toks or 512, max_new_tokens or 10**9) for d in docs]
+    return generate_until(
+        lm, tok, prompts, [d.stop for d in docs], limit, batch_size=batch_size, progress=progress, shard=shard
+    )
+
+
 def gsm8k_metrics(
     lm: EvalLM,
     tok: TextTokenizer,
@@ -114,13 +144,7 @@ def gsm8k_metrics(
     shard: Shard = WHOLE,
 ) -> tuple[dict, list[dict]]:
     """Exact match of the extracted answer against the gold short answer, and per-doc records."""
-    prompts = tok.encode_batch([d.contexts[0] for d in docs])
-    if tok.bos_token_id is not None:
-        prompts = [p if p[:1] == [tok.bos_token_id] else [tok.bos_token_id, *p] for p in prompts]
-    limit = [min(d.max_gen_toks or 512, max_new_tokens or 10**9) for d in docs]
-    texts = generate_until(
-        lm, tok, prompts, [d.stop for d in docs], limit, batch_size=batch_size, progress=progress, shard=shard
-    )
+    texts = _generate(lm, tok, docs, batch_size, max_new_tokens, progress, shard)
     records = []
     for d, text in zip(docs, texts, strict=True):
         pred = extract_answer(text)
@@ -134,3 +158,40 @@ def gsm8k_metrics(
     metrics = {"docs": n, "exact_match": em, "exact_match_correct": correct, "primary_metric": "exact_match"}
     metrics["primary"] = em
     return metrics, records
+
+
+def qa_metrics(
+    lm: EvalLM,
+    tok: TextTokenizer,
+    docs: list[Doc],
+    scorer: str,
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    shard: Shard = WHOLE,
+) -> tuple[dict, list[dict]]:
+    """Mean F1 and exact match of the generations against each doc's gold answers (``squad`` or
+    ``drop`` scoring), and per-doc records."""
+    score = {"squad": squad_em_f1, "drop": drop_em_f1}[scorer]
+    texts = _generate(lm, tok, docs, batch_size, max_new_tokens, progress, shard)
+    records = []
+    for d, text in zip(docs, texts, strict=True):
+        em, f1 = score(text.strip(), d.answers or [])
+        records.append(
+            {"doc_id": d.doc_id, "generation": text, "gold": d.answers, "f1": f1, "exact_match": em}
+        )
+    n = len(records)
+    mean = (lambda key: sum(r[key] for r in records) / n) if n else (lambda key: float("nan"))
+    metrics = {"docs": n, "f1": mean("f1"), "exact_match": mean("exact_match"), "primary_metric": "f1"}
+    metrics["primary"] = metrics["f1"]
+    return metrics, records
+
+
+def generative_metrics(
+    lm: EvalLM, tok: TextTokenizer, fmt: TaskFormat, docs: list[Doc], **kwargs
+) -> tuple[dict, list[dict]]:
+    """Score a generative task format with its scorer (see :class:`~olmo2.eval.tasks.TaskFormat`)."""
+    if fmt.scorer == "gsm8k":
+        return gsm8k_metrics(lm, tok, docs, **kwargs)
+    return qa_metrics(lm, tok, docs, fmt.scorer, **kwargs)

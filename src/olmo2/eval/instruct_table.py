@@ -3,7 +3,7 @@ paper's rows, as text, JSON and markdown.
 
 The columns are the paper's, in its order (``INSTRUCT_BENCHMARKS``), scored ×100. Those this package can
 score offline run through the chat template (``instruct_suite``); DROP (3-shot F1, no chat template in
-the paper) runs through the ``drop:gen`` generative task when this build has it. The rest say what they
+the paper) runs through the ``drop:gen`` generative task, 5-shot as OLMES's request file has it. The rest say what they
 need: AlpacaEval 2 and Safety an LLM judge or classifier, BBH, PopQA and TruthfulQA data that no pinned
 package ships, IFEval a local copy of its prompts (``--ifeval-data``). The Avg rule is the paper's: the
 unweighted mean of the 10 columns (FLOPs excluded), so the model gets an Avg only when all 10 ran.
@@ -23,15 +23,13 @@ from olmo2.eval.instruct_suite import load_chat_task, score_chat_task
 from olmo2.eval.lm import load_eval_model
 from olmo2.eval.paper_table import format_markdown, paper_table
 from olmo2.eval.reference_results import INSTRUCT, INSTRUCT_BENCHMARKS
-from olmo2.eval.runner import Evaluator, _check_writable, _Progress, _write_results, run_eval
+from olmo2.eval.runner import Evaluator, _check_writable, _Progress, _write_results
 from olmo2.eval.shard import Shard
-from olmo2.eval.tasks import TASKS
 from olmo2.train.distributed import init_distributed
 
-__all__ = ["INSTRUCT_TABLE_TASKS", "NEEDS", "eval_command", "instruct_table", "run_instruct_table"]
+__all__ = ["INSTRUCT_TABLE_TASKS", "NEEDS", "instruct_table", "run_instruct_table"]
 
-TABLES = ("instruct",)
-DROP_TASK = "drop:gen"  # the generative DROP task (F1); the column runs when the task registry has it
+DROP_TASK = "drop:gen"  # the generative DROP task (F1)
 
 # Paper Tab 7 column -> the task that scores it here.
 INSTRUCT_TABLE_TASKS: dict[str, str] = {
@@ -48,6 +46,12 @@ NEEDS: dict[str, str] = {
     "Safety": "needs a judge: the Tülu 3 safety suite is scored by classifiers and its data is not pinned",
     "PQA": "needs data: PopQA is in no pinned package",
     "TQA": "needs data: TruthfulQA is in no pinned package",
+}
+NEEDS_IFEVAL = "needs --ifeval-data: the IFEval prompts (input_data.jsonl) are in no pinned package"
+# How a column that runs here differs from the paper's setting.
+NOTES: dict[str, str] = {
+    "DROP": f"{DROP_TASK}: OLMES's 5-shot DROP of the pinned request file, F1, no chat template "
+    "(the paper: 3-shot)",
 }
 AVERAGE_RULE = (
     "Avg: unweighted mean of the 10 columns (paper Tab 7, FLOPs excluded); Avg (k): mean of the k "
@@ -69,17 +73,9 @@ def instruct_table(results: dict, name: str, not_run: dict[str, str]) -> dict:
         not_run={**NEEDS, **not_run},
         tasks=INSTRUCT_TABLE_TASKS,
         average_rule=AVERAGE_RULE,
+        notes=NOTES,
         limit=results.get("settings", {}).get("limit"),
     )
-
-
-def _not_run(ifeval_data: str | Path | None) -> dict[str, str]:
-    out = {}
-    if DROP_TASK not in TASKS:
-        out["DROP"] = f"needs the {DROP_TASK} generative task (F1), which this build lacks"
-    if ifeval_data is None:
-        out["IFE"] = "needs --ifeval-data: the IFEval prompts (input_data.jsonl) are in no pinned package"
-    return out
 
 
 def run_instruct_table(
@@ -93,6 +89,7 @@ def run_instruct_table(
     dtype: str | None = None,
     backend: str = "auto",
     tokenizer: str | None = None,
+    revision: str | None = None,
     gen_max_tokens: int | None = None,
     keep_docs: bool = False,
     quiet: bool = False,
@@ -101,7 +98,7 @@ def run_instruct_table(
     """Score every column of Tab 7 that can run offline, print the table beside the paper's rows and write
     ``out`` (default ``instruct-table.json``: results and table) and its ``.md`` sibling. Under torchrun
     the ranks split every task's batches; rank 0 prints and writes."""
-    not_run = _not_run(ifeval_data)
+    not_run = {} if ifeval_data is not None else {"IFE": NEEDS_IFEVAL}
     env = init_distributed(device)
     t_start = time.perf_counter()
     try:
@@ -153,6 +150,7 @@ def run_instruct_table(
         "settings": {
             "table": "instruct",
             "limit": limit,
+            "revision": revision,
             "batch_size": batch_size,
             "gen_max_tokens": gen_max_tokens,
             "ifeval_data": None if ifeval_data is None else str(ifeval_data),
@@ -179,27 +177,3 @@ def run_instruct_table(
         print(markdown)
         print(f"table written to {path} and {md_path}")
     return results
-
-
-def eval_command(
-    model: str | Path,
-    *,
-    tasks: str | None = None,
-    table: str | None = None,
-    ifeval_data: str | Path | None = None,
-    **eval_options,
-) -> dict:
-    """Score MODEL on TASKS (default olmes_core) and print a table; --out writes JSON. With --table
-    instruct, run the offline columns of the paper's Instruct table (Tab 7) through the chat template
-    and print/save the model's row beside the paper's (JSON at --out, default instruct-table.json, and
-    .md); IFEval needs its prompts as a local file (--ifeval-data PATH)."""
-    if table is None:
-        if ifeval_data is not None:
-            raise ValueError("--ifeval-data is for --table instruct")
-        return run_eval(model, tasks or "olmes_core", **eval_options)
-    if tasks is not None:
-        raise ValueError("give --tasks or --table, not both")
-    if table not in TABLES:
-        raise ValueError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
-    eval_options.pop("all_norms", None)  # no ranked task in this table
-    return run_instruct_table(model, ifeval_data=ifeval_data, **eval_options)

@@ -420,8 +420,10 @@ def load_eval_model(
     dtype: str | None = None,
     backend: str = "auto",
     tokenizer: str | None = None,
+    revision: str | None = None,
 ) -> tuple[EvalLM, TextTokenizer]:
-    """An :class:`EvalLM` and its tokenizer for a checkpoint or HF model directory.
+    """An :class:`EvalLM` and its tokenizer for a checkpoint or HF model directory, or a Hugging Face
+    Hub id at ``revision`` (``resolve_model_dir``).
 
     OLMo 2 directories (ours are HF ``Olmo2ForCausalLM`` dirs) load into our model unless
     ``backend="hf"``; any other causal LM loads with ``transformers``. The tokenizer is the
@@ -435,7 +437,7 @@ def load_eval_model(
         raise FileNotFoundError(
             f"tokenizer {tokenizer} not found (give a tokenizer.json, a folder of HF tokenizer files, or dolma2)"
         )
-    model_dir = resolve_model_dir(path)
+    model_dir = resolve_model_dir(path, revision)
     try:
         cfg = json.loads((model_dir / "config.json").read_text())
     except json.JSONDecodeError as e:

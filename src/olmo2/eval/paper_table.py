@@ -30,10 +30,12 @@ def paper_table(
     not_run: Mapping[str, str],
     tasks: Mapping[str, str],
     average_rule: str,
+    notes: Mapping[str, str] | None = None,
     limit: int | None = None,
 ) -> dict:
     """The table as data: the model's row (``scores`` ×100; every ``None`` column needs a reason in
-    ``not_run``), its averages, and each reference row with its Avg (k) over the same columns."""
+    ``not_run``), its averages, and each reference row with its Avg (k) over the same columns. ``notes``:
+    how a column that ran differs from the paper's setting."""
     missing = [c for c in columns if scores.get(c) is None and c not in not_run]
     if missing:
         raise ValueError(f"columns {missing} have no score and no reason why")
@@ -65,6 +67,7 @@ def paper_table(
         "tasks": dict(tasks),
         "ran": ran,
         "not_run": {c: not_run[c] for c in columns if c in not_run},
+        "notes": {c: notes[c] for c in ran if c in (notes or {})},
         "average_rule": average_rule,
         "limit": limit,
         "rows": rows,
@@ -89,6 +92,7 @@ def format_markdown(table: dict) -> str:
         ]
         lines.append(f"| {name} | {' | '.join(cells)} |")
     notes = [f"† {col}: {why}" for col, why in table["not_run"].items()]
+    notes += [f"{col}: {note}" for col, note in table.get("notes", {}).items()]
     notes.append(table["average_rule"] + ".")
     if table["limit"] is not None:
         notes.append(

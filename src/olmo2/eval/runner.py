@@ -14,7 +14,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from olmo2 import __version__
 from olmo2.assets import ASSETS
-from olmo2.eval.generative import gsm8k_metrics
+from olmo2.eval.generative import generative_metrics
 from olmo2.eval.lm import EvalLM, TextTokenizer, as_eval_lm, as_text_tokenizer, load_eval_model
 from olmo2.eval.scoring import bpb_metrics, loglikelihoods, macro, mc_or_rc, ranked_metrics
 from olmo2.eval.shard import WHOLE, Shard
@@ -124,6 +124,7 @@ class Evaluator:
         all_norms: bool = False,
         verbose: bool = False,
         shard: Shard = WHOLE,
+        local_data: Mapping[str, str | Path] | None = None,
     ):
         self.tok = as_text_tokenizer(tokenizer)
         self.spec = tasks if isinstance(tasks, str) else ",".join(tasks)
@@ -135,7 +136,7 @@ class Evaluator:
         for entry in self.entries:
             for name in formats_of(entry):
                 t0 = time.perf_counter()
-                data = load_task(resolve_format(name), limit=limit)
+                data = load_task(resolve_format(name), limit=limit, local_data=local_data)
                 if data.format.kind == "ranked" and data.format.norm != "pmi" and not all_norms:
                     for d in data.docs:  # PMI's unconditional requests only when PMI is the metric
                         d.uncond_contexts = None
@@ -245,9 +246,10 @@ class Evaluator:
     def _score(self, lm: EvalLM, prep: _Prepared, progress: _Progress | None) -> tuple[dict, list[dict]]:
         data, fmt = prep.data, prep.data.format
         if fmt.kind == "gen":
-            return gsm8k_metrics(
+            return generative_metrics(
                 lm,
                 self.tok,
+                fmt,
                 data.docs,
                 batch_size=max(1, self.batch_size // 2),
                 max_new_tokens=self.gen_max_tokens,
@@ -386,11 +388,14 @@ def run_eval(
     keep_docs: bool = False,
     all_norms: bool = False,
     quiet: bool = False,
+    local_data: Mapping[str, str | Path] | None = None,
+    revision: str | None = None,
 ) -> dict:
-    """Score ``model`` on ``tasks`` (task:format names or suites such as olmes_core; ``olmo2 eval --list``
-    shows them), print a table and optionally write JSON to ``out`` with per-task metrics, counts and
+    """Score ``model`` (a directory, or a Hugging Face Hub id at ``revision``) on ``tasks`` (task:format
+    names or suites such as olmes_core; ``olmo2 eval --list`` shows them), print a table and optionally write JSON to ``out`` with per-task metrics, counts and
     settings. ``out`` is checked before anything is scored; if writing it still fails, the results
-    go to a temporary file, which the error names.
+    go to a temporary file, which the error names. ``local_data`` maps ``agieval`` / ``mmlu_pro`` to
+    their local copies.
 
     ``device`` auto: CUDA when present, else the CPU. Under ``torchrun`` the ranks (NCCL on CUDA, each
     on ``cuda:LOCAL_RANK``; Gloo on CPU) split the batches of every task and merge the results,
@@ -399,7 +404,12 @@ def run_eval(
     try:
         out = _check_writable(out) if out is not None and env.is_main else None
         lm, tok = load_eval_model(
-            model, device=str(env.device), dtype=dtype, backend=backend, tokenizer=tokenizer
+            model,
+            device=str(env.device),
+            dtype=dtype,
+            backend=backend,
+            tokenizer=tokenizer,
+            revision=revision,
         )
         ev = Evaluator(
             tok,
@@ -412,12 +422,15 @@ def run_eval(
             all_norms=all_norms,
             verbose=not quiet and env.is_main,
             shard=Shard(env.rank, env.world_size),
+            local_data=local_data,
         )
         results = ev(lm)
     finally:
         if env.owns_process_group:
             torch.distributed.destroy_process_group()
     results["model"] = str(model)
+    if revision is not None:
+        results["revision"] = revision
     if not quiet and env.is_main:
         print(format_table(results))
     if out is not None:

@@ -4,7 +4,9 @@ The request files (``oe_eval_tasks/<task>/<format>/requests.jsonl.gz``) already 
 prompts: curated few-shot examples, ``context``/``continuation`` strings, gold labels and, for cloze
 formats, the unconditional ``"Answer:"`` requests used by PMI. We use them verbatim, so our prompts
 are OLMES's prompts. MMLU ships as HF ``save_to_disk`` Arrow dirs instead; its prompts are built here
-in the OLMES format (description, 5 dev-split shots, `` A.`` option lines, ``Answer:``).
+in the OLMES format (description, 5 dev-split shots, `` A.`` option lines, ``Answer:``), and so are
+MMLU-Pro's and AGIEval's from a local copy (``heldout``). TriviaQA's validation split ships as an
+Arrow dir too; its prompt is OLMES's: 5 curated shots, ``Question: …\nAnswer:``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ import functools
 import gzip
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from olmo2.assets import ASSETS, AssetError, cached_path, fetch
+from olmo2.eval.heldout import read_agieval, read_mmlu_pro
 
 __all__ = [
     "CORE_MC_TASKS",
     "DATA_ASSET",
+    "LOCAL_TASKS",
+    "QA_TASKS",
     "TASKS",
     "Doc",
     "EvalDataError",
@@ -45,8 +51,11 @@ class EvalDataError(ValueError):
 class TaskFormat:
     """One scorable task format. ``kind``: ``ranked`` (mc/rc), ``bpb`` or ``gen``.
 
-    ``sources`` are request dirs under ``oe_eval_tasks/`` (or ``mmlu/<subject>``); several sources
-    are subjects, macro-averaged. ``norm`` is the primary normalisation of a ranked format.
+    ``sources`` are request dirs under ``oe_eval_tasks/`` (for the ``requests`` loader); several
+    sources are subjects, macro-averaged. ``loader`` names where the docs come from otherwise (``mmlu``,
+    ``triviaqa`` arrow dirs; ``agieval``, ``mmlu_pro``: a local copy, see ``heldout``). ``norm`` is the
+    primary normalisation of a ranked format; ``scorer`` how a generation is scored: ``gsm8k``
+    (extracted answer, exact match), ``squad`` (SQuAD F1/EM) or ``drop`` (DROP F1/EM).
     """
 
     name: str
@@ -57,12 +66,16 @@ class TaskFormat:
     norm: str = "none"
     split: str = ""
     shots: int = 0
+    loader: str = "requests"
+    scorer: str = ""
 
     @property
     def primary_metric(self) -> str:
         if self.kind == "ranked":
             return _ACC_NAME[self.norm]
-        return {"bpb": "bits_per_byte", "gen": "exact_match"}[self.kind]
+        if self.kind == "gen":
+            return "exact_match" if self.scorer == "gsm8k" else "f1"
+        return "bits_per_byte"
 
 
 _ACC_NAME = {"none": "acc_raw", "token": "acc_per_token", "char": "acc_per_char", "pmi": "acc_uncond"}
@@ -80,6 +93,7 @@ class Doc:
     uncond_contexts: list[str] | None = None  # PMI: the same continuations after "Answer:"
     subject: str = ""
     answer: str | None = None  # generative gold answer (GSM8K short answer)
+    answers: list | None = None  # QA gold answers: strings, or (DROP) tuples of spans
     stop: tuple[str, ...] = ()
     max_gen_toks: int = 0
 
@@ -133,6 +147,18 @@ BPB_TASKS: dict[str, tuple[tuple[str, ...], str, int]] = {
 
 MMLU_DIR = "hf_datasets/hails/mmlu_no_train"
 MMLU_SUBJECTS_COUNT = 57
+TRIVIAQA_DIR = "hf_datasets/trivia_qa/rc.wikipedia.nocontext/validation"
+
+# Generative QA scored by answer overlap (OLMES primary metric f1): (source, split, shots, scorer).
+QA_TASKS: dict[str, tuple[str, str, int, str]] = {
+    "drop": ("drop/bpb_5shot", "validation", 5, "drop"),
+    "naturalqs": ("naturalqs_open/bpb_5shot", "validation", 5, "squad"),
+    "squad": ("squad/bpb_5shot", "validation", 5, "squad"),
+    "coqa": ("coqa/bpb_0shot", "validation", 0, "squad"),
+    "triviaqa": (TRIVIAQA_DIR, "validation", 5, "squad"),
+}
+# Held-out MC tasks read from a local copy (OLMES runs them in MC format only): task -> (split, shots).
+LOCAL_TASKS: dict[str, tuple[str, int]] = {"agieval": ("test", 1), "mmlu_pro": ("test", 5)}
 
 
 def _build_registry() -> dict[str, TaskFormat]:
@@ -143,14 +169,23 @@ def _build_registry() -> dict[str, TaskFormat]:
             reg[f"{task}:{fmt}"] = TaskFormat(
                 f"{task}:{fmt}", task, fmt, "ranked", (src,), norm if fmt == "rc" else "none", split, 5
             )
-    mmlu_sources = ("mmlu/*",)  # expanded to the subjects found in the data at load time
-    reg["mmlu:mc"] = TaskFormat("mmlu:mc", "mmlu", "mc", "ranked", mmlu_sources, "none", "test", 5)
-    reg["mmlu:rc"] = TaskFormat("mmlu:rc", "mmlu", "rc", "ranked", mmlu_sources, "char", "test", 5)
+    mmlu = ("mmlu/*",)  # expanded to the subjects found in the data at load time
+    reg["mmlu:mc"] = TaskFormat("mmlu:mc", "mmlu", "mc", "ranked", mmlu, "none", "test", 5, "mmlu")
+    reg["mmlu:rc"] = TaskFormat("mmlu:rc", "mmlu", "rc", "ranked", mmlu, "char", "test", 5, "mmlu")
+    for task, (split, shots) in LOCAL_TASKS.items():
+        reg[f"{task}:mc"] = TaskFormat(
+            f"{task}:mc", task, "mc", "ranked", (task,), "none", split, shots, task
+        )
     for task, (sources, split, shots) in BPB_TASKS.items():
         reg[f"{task}:bpb"] = TaskFormat(f"{task}:bpb", task, "bpb", "bpb", sources, "none", split, shots)
     reg["gsm8k:gen"] = TaskFormat(
-        "gsm8k:gen", "gsm8k", "gen", "gen", ("gsm8k/gold_bpb_5shot",), "", "test", 8
+        "gsm8k:gen", "gsm8k", "gen", "gen", ("gsm8k/gold_bpb_5shot",), "", "test", 8, scorer="gsm8k"
     )
+    for task, (source, split, shots, scorer) in QA_TASKS.items():
+        loader = "triviaqa" if source == TRIVIAQA_DIR else "requests"
+        reg[f"{task}:gen"] = TaskFormat(
+            f"{task}:gen", task, "gen", "gen", (source,), "", split, shots, loader, scorer
+        )
     return reg
 
 
@@ -241,15 +276,32 @@ def _iter_requests(base: Path):
         raise EvalDataError(f"cannot read {path}: {e} (corrupted? run `olmo2 assets fetch --force`)") from e
 
 
-def load_task(fmt: TaskFormat | str, limit: int | None = None, root: Path | None = None) -> TaskData:
+def load_task(
+    fmt: TaskFormat | str,
+    limit: int | None = None,
+    root: Path | None = None,
+    local_data: Mapping[str, str | Path] | None = None,
+) -> TaskData:
     """The docs of a task format. ``limit`` keeps at most N docs: the first ones, or for a task with
-    subjects the first ⌈N/subjects⌉ of each, taken round-robin over subjects in order until N."""
+    subjects the first ⌈N/subjects⌉ of each, taken round-robin over subjects in order until N.
+    ``local_data`` maps ``agieval`` / ``mmlu_pro`` to the folder of their local copy."""
     if isinstance(fmt, str):
         fmt = resolve_format(fmt, root)
-    root = root or data_root()
     if limit is not None and limit < 1:
         raise EvalDataError(f"limit must be a positive integer, got {limit}")
-    if fmt.sources == ("mmlu/*",):
+    if fmt.loader in LOCAL_TASKS:
+        folder = (local_data or {}).get(fmt.loader)
+        if folder is None:
+            raise EvalDataError(
+                f"{fmt.name}: no pinned package ships {fmt.task}; give a local copy "
+                f"(--{fmt.loader.replace('_', '-')} DIR; docs/eval.md describes the files)"
+            )
+        groups, files = _load_local(fmt, Path(folder))
+        return _trimmed(fmt, groups, files, limit)
+    root = root or data_root()
+    if fmt.loader == "triviaqa":
+        groups, files = [_load_triviaqa(root / TRIVIAQA_DIR, limit)], [TRIVIAQA_DIR]
+    elif fmt.loader == "mmlu":
         subjects = sorted(p.name for p in (root / MMLU_DIR).iterdir() if p.is_dir())
         per = None if limit is None else math.ceil(limit / len(subjects))
         groups = [_load_mmlu(root / MMLU_DIR / s, s, fmt.fmt, per) for s in subjects]
@@ -262,6 +314,11 @@ def load_task(fmt: TaskFormat | str, limit: int | None = None, root: Path | None
             for src in fmt.sources
         ]
         files = [f"oe_eval_tasks/{s}" for s in fmt.sources]
+    return _trimmed(fmt, groups, files, limit)
+
+
+def _trimmed(fmt: TaskFormat, groups: list[list[Doc]], files: list[str], limit: int | None) -> TaskData:
+    """At most ``limit`` docs, round-robin over the groups (subjects) in order; doc ids renumbered."""
     if limit is not None and sum(map(len, groups)) > limit:
         keep = {
             (g, i)
@@ -318,6 +375,12 @@ def _load_requests(base: Path, fmt: TaskFormat, subject: str, limit: int | None)
             req = first["request"]
             gen = req.get("generation_kwargs") or {}
             answer = first.get("label")
+            if fmt.scorer == "drop":  # each gold answer is a list of spans
+                answers = [tuple(a) for a in answer] if isinstance(answer, list) else None
+            else:
+                answers = list(answer) if isinstance(answer, list) else None
+            if fmt.scorer in ("squad", "drop") and not answers:
+                raise EvalDataError(f"{where}: no gold answers (label {answer!r})")
             docs.append(
                 Doc(
                     doc_id=i,
@@ -325,6 +388,7 @@ def _load_requests(base: Path, fmt: TaskFormat, subject: str, limit: int | None)
                     continuations=[req["continuation"]],
                     subject=subject,
                     answer=answer if isinstance(answer, str) else None,
+                    answers=answers,
                     stop=tuple(req.get("stop_sequences") or ()),
                     max_gen_toks=int(gen.get("max_gen_toks") or 0),
                 )
@@ -341,7 +405,9 @@ def _read_arrow(path: Path) -> list[dict]:
     try:
         import pyarrow as pa
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise EvalDataError("MMLU is stored as Arrow files; install pyarrow to read them") from e
+        raise EvalDataError(
+            "MMLU and TriviaQA are stored as Arrow files; install pyarrow to read them"
+        ) from e
     file = path / "data-00000-of-00001.arrow"
     try:
         with pa.memory_map(str(file)) as source:
@@ -350,42 +416,112 @@ def _read_arrow(path: Path) -> list[dict]:
         raise EvalDataError(f"cannot read {file}: {e} (corrupted? run `olmo2 assets fetch --force`)") from e
 
 
-def mmlu_query(question: str, choices: list[str], fmt: str) -> str:
-    """OLMES MMLU prompt for one question: MC lists `` A. …`` options; RC is the plain cloze."""
+def mmlu_query(question: str, choices: list[str], fmt: str, passage: str = "") -> str:
+    """OLMES MMLU prompt for one question: MC lists `` A. …`` options; RC is the plain cloze. A
+    passage (AGIEval's reading tasks) goes first, as ``Passage: …``."""
+    head = f"Passage: {passage}\n" if passage else ""
     if fmt == "mc":
         options = "\n".join(f" {LETTERS[i]}. {c}" for i, c in enumerate(choices))
-        return f"Question: {question}\n{options}\nAnswer:"
-    return f"Question: {question}\nAnswer:"
+        return f"{head}Question: {question}\n{options}\nAnswer:"
+    return f"{head}Question: {question}\nAnswer:"
 
 
-def _mmlu_target(row: dict, fmt: str) -> str:
+def _mc_query(row: dict, fmt: str) -> str:
+    return mmlu_query(row["question"], row["choices"], fmt, row.get("passage", ""))
+
+
+def _mc_target(row: dict, fmt: str) -> str:
     return f" {LETTERS[row['answer']]}" if fmt == "mc" else f" {row['choices'][row['answer']]}"
 
 
-def _load_mmlu(base: Path, subject: str, fmt: str, limit: int | None) -> list[Doc]:
-    shots = _read_arrow(base / "dev")[:5]
-    rows = _read_arrow(base / "test")
-    if limit is not None:
-        rows = rows[:limit]
-    header = (
+def _mc_prefix(header: str, shots: list[dict], fmt: str) -> str:
+    return header + "".join(_mc_query(s, fmt) + _mc_target(s, fmt) + "\n\n" for s in shots)
+
+
+def _mc_doc(i: int, prefix: str, row: dict, fmt: str, subject: str) -> Doc:
+    n = len(row["choices"])
+    conts = [f" {LETTERS[j]}" for j in range(n)] if fmt == "mc" else [f" {c}" for c in row["choices"]]
+    return Doc(
+        doc_id=i,
+        contexts=[prefix + _mc_query(row, fmt)] * n,
+        continuations=conts,
+        gold=int(row["answer"]),
+        uncond_contexts=["Answer:"] * n if fmt == "rc" else None,
+        subject=subject,
+    )
+
+
+def _mmlu_header(subject: str) -> str:
+    return (
         f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
     )
-    prefix = header + "".join(
-        mmlu_query(s["question"], s["choices"], fmt) + _mmlu_target(s, fmt) + "\n\n" for s in shots
-    )
+
+
+def _load_mmlu(base: Path, subject: str, fmt: str, limit: int | None) -> list[Doc]:
+    prefix = _mc_prefix(_mmlu_header(subject), _read_arrow(base / "dev")[:5], fmt)
+    rows = _read_arrow(base / "test")[:limit]
+    return [_mc_doc(i, prefix, row, fmt, subject) for i, row in enumerate(rows)]
+
+
+def _load_local(fmt: TaskFormat, folder: Path) -> tuple[list[list[Doc]], list[str]]:
+    """MMLU-Pro: MMLU's prompt with the first 5 validation questions of the category as shots, one
+    group per category (limits round-robin) but no subject, so the score is the micro average.
+    AGIEval: per task (macro average), 1 shot: the task's first question (its second for itself)."""
+    if fmt.loader == "mmlu_pro":
+        test, validation = read_mmlu_pro(folder)
+        categories = list(dict.fromkeys(r["subject"] for r in test))
+        groups = []
+        for cat in categories:
+            shots = [r for r in validation if r["subject"] == cat][: fmt.shots]
+            prefix = _mc_prefix(_mmlu_header(cat), shots, fmt.fmt)
+            groups.append([_mc_doc(0, prefix, r, fmt.fmt, "") for r in test if r["subject"] == cat])
+        return groups, [str(folder / "test.jsonl"), str(folder / "validation.jsonl")]
+    groups = []
+    tasks = read_agieval(folder)
+    for task, rows in tasks.items():
+        if len(rows) < 2:
+            raise EvalDataError(f"{folder / task}.jsonl: needs at least 2 questions (one is the shot)")
+        prefixes = [_mc_prefix("", [rows[1] if i == 0 else rows[0]], fmt.fmt) for i in range(2)]
+        groups.append([_mc_doc(0, prefixes[min(i, 1)], r, fmt.fmt, task) for i, r in enumerate(rows)])
+    return groups, [str(folder / f"{t}.jsonl") for t in tasks]
+
+
+# ------------------------------------------------------------------------------------------ TriviaQA
+
+# The 5 curated training-set shots of OLMES's ``OLMES:triviaqa`` few-shot source, in its order. The
+# wheel does not ship them; they follow a public reproduction that quotes OLMES (UNVERIFIED here).
+TRIVIAQA_SHOTS = (
+    ("From which country did Angola achieve independence in 1975?", "Portugal"),
+    ("In architecture, what is a lancet?", "A window"),
+    ("In which ocean is the island group the Maldives?", "The Indian Ocean"),
+    ("In the UK these books are called ‘Where’s Wally?’ What is his name in the USA?", "Waldo"),
+    (
+        "The conflict between rival political factions the Girondins and the Jacobins, during the French "
+        "Revolution, was known as The Reign of what?",
+        "Terror",
+    ),
+)
+QA_STOP = ("Question:", "Q:", "\n\n")  # as the NQ request files set them
+QA_MAX_TOKENS = 50
+
+
+def _load_triviaqa(base: Path, limit: int | None) -> list[Doc]:
+    """Gold answers: the aliases and normalised aliases of the answer (F1/EM take the best)."""
+    prefix = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in TRIVIAQA_SHOTS)
     docs = []
-    for i, row in enumerate(rows):
-        ctx = prefix + mmlu_query(row["question"], row["choices"], fmt)
-        n = len(row["choices"])
-        conts = [f" {LETTERS[j]}" for j in range(n)] if fmt == "mc" else [f" {c}" for c in row["choices"]]
+    for i, row in enumerate(_read_arrow(base)[:limit]):
+        answer = row.get("answer") or {}
+        golds = list(dict.fromkeys([*answer.get("aliases", []), *answer.get("normalized_aliases", [])]))
+        if not golds or not answer.get("value"):
+            raise EvalDataError(f"{base} row {i}: the answer has no value or aliases")
         docs.append(
             Doc(
                 doc_id=i,
-                contexts=[ctx] * n,
-                continuations=conts,
-                gold=int(row["answer"]),
-                uncond_contexts=["Answer:"] * n if fmt == "rc" else None,
-                subject=subject,
+                contexts=[f"{prefix}Question: {row['question']}\nAnswer:"],
+                continuations=[f" {answer['value']}"],
+                answers=golds,
+                stop=QA_STOP,
+                max_gen_toks=QA_MAX_TOKENS,
             )
         )
     return docs
@@ -393,5 +529,9 @@ def _load_mmlu(base: Path, subject: str, fmt: str, limit: int | None) -> list[Do
 
 def describe(fmt: TaskFormat) -> str:
     """One line for listings: what the format scores and how."""
-    src = "MMLU arrow (test, 5 dev shots)" if fmt.sources == ("mmlu/*",) else ", ".join(fmt.sources)
+    src = {
+        "mmlu": "MMLU arrow (test, 5 dev shots)",
+        "mmlu_pro": "local copy (--mmlu-pro DIR; test, 5 validation shots per category)",
+        "agieval": "local copy (--agieval DIR; 8 English tasks)",
+    }.get(fmt.loader, ", ".join(fmt.sources))
     return f"{fmt.name:24s} {fmt.kind:6s} {fmt.primary_metric:14s} {fmt.split}, {fmt.shots}-shot: {src}"

@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from olmo2.model.config import ModelConfig
+from olmo2.model.hub import HubError, hub_snapshot, is_hub_id
 from olmo2.model.transformer import Olmo2, build_model
 
 HF_ARCHITECTURE = "Olmo2ForCausalLM"
@@ -53,7 +54,8 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
     """``ModelConfig`` as an HF ``Olmo2Config`` dict (``rope_theta`` written both ways for transformers 4 and 5).
 
     HF's ``vocab_size`` is the (padded) embedding size; the tokenizer's size rides along as
-    ``tokenizer_vocab_size`` only when it differs, so HF-born configs round-trip unchanged.
+    ``tokenizer_vocab_size`` only when it differs, so HF-born configs round-trip unchanged. The dtype is
+    written under both names, ``dtype`` and the older ``torch_dtype``, for readers of either age.
     """
     extra = {"tokenizer_vocab_size": cfg.vocab_size} if cfg.vocab_size != cfg.embedding_size else {}
     return extra | {
@@ -79,6 +81,7 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
         "pad_token_id": cfg.pad_token_id,
         "use_cache": True,
         "dtype": str(dtype).removeprefix("torch."),
+        "torch_dtype": str(dtype).removeprefix("torch."),  # the name transformers < 4.56 reads
     }
 
 
@@ -146,10 +149,21 @@ def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
         raise CheckpointError(f"{source}: inconsistent dimensions: {e}") from None
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """The directory holding ``config.json``: ``path`` itself, or its ``model/`` (training checkpoints)."""
-    path = Path(path)
-    if not path.exists():
+def resolve_model_dir(name_or_path: str | Path, revision: str | None = None) -> Path:
+    """The directory holding ``config.json`` of a model named by a local path (the path itself, or its
+    ``model/``: training checkpoints) or, when no such path exists, by a Hugging Face Hub id
+    ``org/name`` at ``revision`` (``olmo2.model.hub``: cache first). Every model load goes through here.
+    """
+    path = Path(name_or_path)
+    if path.exists():
+        if revision is not None:
+            raise CheckpointError(f"{path} is a local path; a revision ({revision}) pins Hub ids only")
+    elif is_hub_id(str(name_or_path)):
+        try:
+            path = hub_snapshot(str(name_or_path), revision)
+        except HubError as e:
+            raise CheckpointError(str(e)) from None
+    else:
         raise CheckpointError(f"checkpoint not found: {path}")
     for candidate in (path, path / "model"):
         if (candidate / "config.json").is_file():

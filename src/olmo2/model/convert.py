@@ -31,14 +31,15 @@ def convert_checkpoint(
     dtype: str | None = None,
     tokenizer: str | Path | None = None,
     with_tokenizer: bool = True,
+    revision: str | None = None,
 ) -> Path:
-    """Validate ``src`` and write it to ``dst``.
+    """Validate ``src`` (a directory, or a Hub id at ``revision``) and write it to ``dst``.
 
     Tokenizer files found in ``src`` travel along; otherwise, when ``with_tokenizer``, the dolma2
     tokenizer (or the file ``tokenizer``) is written with the OLMo 2 chat template, so that
     ``AutoTokenizer`` loads ``dst`` and ``apply_chat_template`` matches ``olmo2.chat``.
     """
-    model_dir = resolve_model_dir(src)
+    model_dir = resolve_model_dir(src, revision)
     cfg = read_config(model_dir)
     state = read_state_dict(model_dir)
     check_state_dict(state, cfg, str(model_dir))

@@ -129,7 +129,8 @@ class PostTrainConfig:
     ``logging`` are the sections pretraining has, read by the same code.
     """
 
-    model: str = ""  # input checkpoint directory (HF format, e.g. from `olmo2 model init` or a prior stage)
+    model: str = ""  # input checkpoint: an HF directory (`olmo2 model init`, a prior stage) or a Hub id
+    revision: str | None = None  # Hub branch, tag or commit when model is a Hub id (default: main)
     data: str | list[str] = field(default_factory=list)  # JSONL file(s)
     tokenizer: str | None = None  # default: the pinned dolma2 tokenizer
     seed: int = 0
@@ -235,6 +236,7 @@ class StageRun:
     """What every post-training stage sets up alike: ranks, tokenizer, precision, the run folder."""
 
     cfg: PostTrainConfig
+    model_dir: Path  # cfg.model resolved: its HF directory (a Hub id's cached snapshot)
     env: DistEnv
     tok: Any
     dtype: torch.dtype
@@ -279,7 +281,7 @@ def stage_run(cfg: PostTrainConfig) -> Iterator[StageRun]:
     ``config.yaml`` is written once ``fit_stage`` has started); leave the process group when done.
     A bad ``model`` or ``batch_size`` fails here, naming the key, before any work."""
     try:
-        resolve_model_dir(cfg.model)
+        model_dir = resolve_model_dir(cfg.model, cfg.revision)
     except CheckpointError as e:
         raise ValueError(f"model: {e}") from None
     env = init_distributed(cfg.runtime.device)
@@ -300,7 +302,7 @@ def stage_run(cfg: PostTrainConfig) -> Iterator[StageRun]:
             folder.on_start(
                 lambda: (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             )
-            yield StageRun(cfg, env, tok, dtype, peak, out, folder)
+            yield StageRun(cfg, model_dir, env, tok, dtype, peak, out, folder)
     finally:
         barrier()
         if env.owns_process_group:
@@ -311,7 +313,7 @@ def load_policy(run: StageRun, *, frozen: bool = False) -> nn.Module:
     """The input checkpoint in fp32 on this rank's device, sharded or replicated as ``parallel.strategy``
     says; ``frozen`` (a reference model): no gradients, no activation checkpointing or compile."""
     cfg = run.cfg
-    model = load_model(cfg.model, device=run.env.device, dtype=torch.float32)
+    model = load_model(run.model_dir, device=run.env.device, dtype=torch.float32)
     parallel = resolve_parallel(cfg.parallel.strategy, run.env.world_size)
     if frozen:
         model.requires_grad_(False)
@@ -398,6 +400,7 @@ def chat(
     top_p: float = 1.0,
     seed: int | None = None,
     device: str = "auto",
+    revision: str | None = None,
 ) -> list[dict[str, str]]:
     """``olmo2 chat``: read user lines, answer with the chat template and the KV-cache generator.
 
@@ -405,7 +408,7 @@ def chat(
     """
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     tok = load_tokenizer(tokenizer)
-    model = load_model(ckpt, device=resolve_device(device))
+    model = load_model(resolve_model_dir(ckpt, revision), device=resolve_device(device))
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     interactive = stdin.isatty()

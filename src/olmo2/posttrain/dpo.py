@@ -90,10 +90,9 @@ def reference_logps(model, pairs: list[PreferenceExample], run: StageRun) -> dic
     return {"chosen": both[:, 0].contiguous(), "rejected": both[:, 1].contiguous()}
 
 
-def _cache_key(cfg: DPOConfig, pairs: list[PreferenceExample]) -> str:
+def _cache_key(model_dir: Path, pairs: list[PreferenceExample]) -> str:
     """Changes whenever the reference model's weights file set, the data or the tokenisation do."""
     h = hashlib.sha256()
-    model_dir = Path(cfg.model)
     for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -107,7 +106,7 @@ def cached_reference_logps(model, pairs, run: StageRun) -> tuple[dict[str, torch
     ``model``, which must still hold the reference weights) and saved. A resumed run always finds the
     file its first start wrote, so the reference stays the initial model."""
     path = run.out / "reference_logps.pt"
-    key = _cache_key(run.cfg, pairs)
+    key = _cache_key(run.model_dir, pairs)
     saved = None
     if run.env.is_main and path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)

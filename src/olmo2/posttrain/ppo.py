@@ -201,7 +201,7 @@ class PPOModule(TrainModule):
             )
         self.run, self.cfg, self.model, self.ref = run, cfg, model, ref
         self.sample = RolloutSampler(run, model, prompts)
-        body = load_model(cfg.model, device=env.device, dtype=torch.float32)
+        body = load_model(run.model_dir, device=env.device, dtype=torch.float32)
         value_model = ValueModel(body, init_std=cfg.value_head_init_std, seed=cfg.seed)
         self.value_model = build_parallel_model(
             value_model,

@@ -161,9 +161,14 @@ class LoggingConfig:
 class InitConfig:
     """Start from existing weights (stage 2 anneals start from the stage-1 checkpoint)."""
 
-    checkpoint: str | None = None  # a training checkpoint step<N>/ or any model (HF) directory
+    checkpoint: str | None = None  # a training checkpoint step<N>/, any model (HF) directory or a Hub id
+    revision: str | None = None  # Hub branch, tag or commit when checkpoint is a Hub id (default: main)
     load_optimizer: bool = True  # restore AdamW moments too, when the checkpoint has them (spec §5)
     seed: int = 0  # random initialisation seed (when there is no checkpoint)
+
+    def __post_init__(self) -> None:
+        if self.revision is not None and not self.checkpoint:
+            raise ValueError(f"init.revision ({self.revision}) needs init.checkpoint (a Hub id)")
 
 
 @dataclass

@@ -45,10 +45,16 @@ def set_malloc_mmap_threshold(mib: int) -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, mib * 1024 * 1024))
 
 
+def launch_rank() -> int:
+    """This process's rank as ``torchrun`` set it (0 without torchrun), before and after the process
+    group exists: what decides which process writes a command's files."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device: str = "auto") -> DistEnv:
     """Join the process group that ``torchrun`` describes (NCCL on CUDA, Gloo on CPU), if any."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launch_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device)
     if dev.type == "cuda":

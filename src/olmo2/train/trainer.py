@@ -16,17 +16,27 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from olmo2.assets import AssetError
+from olmo2.chat import write_hf_chat_files
 from olmo2.config import ConfigError
 from olmo2.data.loader import StepBatch, TrainLoader, ValidationLoader
 from olmo2.data.mix import Mix, find_files, load_mix_config, resolve_mix
 from olmo2.data.token_files import check_manifests
-from olmo2.model.checkpoint import check_state_dict, read_config, read_state_dict, resolve_model_dir
+from olmo2.model.checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    read_config,
+    read_state_dict,
+    resolve_model_dir,
+)
 from olmo2.model.loss import IGNORE_INDEX, shift_labels
 from olmo2.model.transformer import build_model
+from olmo2.tokenizer import load_tokenizer
 from olmo2.train.checkpoint import checkpoint_fault, load_checkpoint, load_model_weights
 from olmo2.train.components import Checkpointer, GarbageCollection, HeldoutEval, MetricsWriter
 from olmo2.train.config import TrainConfig, load_train_config, save_train_config
@@ -49,6 +59,7 @@ from olmo2.train.engine import (
     TrainModule,
     apply_update,
     global_count,
+    log_main,
 )
 from olmo2.train.monitor import flops_per_token, log
 from olmo2.train.run_folder import hold_run_folder
@@ -165,14 +176,17 @@ def _init_from(cfg: TrainConfig, module: LMTrainModule, env: DistEnv) -> str:
     """Stage 2: weights (and AdamW moments) from a stage-1 checkpoint or an imported HF model; never
     the data position (the anneal reads another mix)."""
     path, model = Path(cfg.init.checkpoint), module.model
-    if (path / "train").is_dir():
+    if (path / "train").is_dir() and cfg.init.revision is None:  # with one: refused just below
         faults = [f for f in all_gather_object(checkpoint_fault(path, env.rank, env.world_size)) if f]
         if faults:  # a stage-2 start has no earlier checkpoint to fall back to
             raise ValueError(f"init.checkpoint {path} is damaged: {faults[0]}")
         optimizer = module.optim.optimizer if cfg.init.load_optimizer else None
         load_checkpoint(path, {"model": Part(model, optimizer)}, env, restore_rng=False)
         return f"model{' + optimizer' if cfg.init.load_optimizer else ''} from {path}"
-    model_dir = resolve_model_dir(path)
+    try:
+        model_dir = resolve_model_dir(cfg.init.checkpoint, cfg.init.revision)
+    except CheckpointError as e:
+        raise ValueError(f"init.checkpoint: {e}") from None
     found = read_config(model_dir)
     if found.replace(eos_token_id=None, pad_token_id=None, bos_token_id=None) != unwrap(model).config.replace(
         eos_token_id=None, pad_token_id=None, bos_token_id=None
@@ -229,6 +243,28 @@ def _check_manifests(cfg: TrainConfig, mix: Mix, env: DistEnv) -> None:
     )
     if env.is_main:
         log(note)
+
+
+def _tokenizer_export(cfg: TrainConfig, env: DistEnv) -> Callable[[Path], None] | None:
+    """What each checkpoint's ``model/`` gets beside the weights, so that other tools (transformers,
+    lm-eval) load it as is: the tokenizer files with the chat template, written as post-training
+    and ``convert to-hf`` write them. The tokenizer is pretraining's (dolma2, or ``$OLMO2_TOKENIZER``);
+    a model built for another vocabulary, or a tokenizer that cannot be fetched, gets none (noted)."""
+    if not cfg.checkpoint.export_hf:
+        return None
+    try:
+        tok = load_tokenizer()
+    except AssetError as e:
+        log_main(env, f"checkpoints' model/ get no tokenizer files: {e}")
+        return None
+    if tok.vocab_size != cfg.model.vocab_size:
+        log_main(
+            env,
+            f"checkpoints' model/ get no tokenizer files: model.vocab_size {cfg.model.vocab_size} is not "
+            f"the tokenizer's {tok.vocab_size}",
+        )
+        return None
+    return lambda model_dir: write_hf_chat_files(tok, model_dir, model_max_length=cfg.model.max_seq_len)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -308,7 +344,11 @@ def _train_in(cfg: TrainConfig, env: DistEnv, save_folder: Path) -> dict:
             env,
             components=components,
             checkpointer=Checkpointer(
-                save_folder, cfg.checkpoint, env, check_resume=lambda path: _check_same_model(path, cfg)
+                save_folder,
+                cfg.checkpoint,
+                env,
+                check_resume=lambda path: _check_same_model(path, cfg),
+                write_extra_files=_tokenizer_export(cfg, env),
             ),
             guard=SpikeGuard(spikes.window, spikes.sigmas, spikes.min_count, spikes.skip_spikes),
             max_consecutive_skips=spikes.max_consecutive_skips,
