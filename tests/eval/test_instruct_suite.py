@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 
 import pytest
 from conftest import transformers
@@ -19,7 +21,7 @@ from olmo2.eval.instruct_suite import (
     math_flex_correct,
     mmlu_letter,
 )
-from olmo2.eval.instruct_table import INSTRUCT_TABLE_TASKS
+from olmo2.eval.instruct_table import INSTRUCT_TABLE_TASKS, run_instruct_table
 from olmo2.eval.lm import as_text_tokenizer
 from olmo2.eval.reference_results import INSTRUCT, INSTRUCT_BENCHMARKS
 from olmo2.model.checkpoint import save_model
@@ -235,3 +237,36 @@ def test_instruct_table_command(tmp_path, ifeval_file, capsys):
     assert main(argv) == 0  # without --ifeval-data the IFE column says what it needs
     assert "needs --ifeval-data" in json.loads(out.read_text())["table"]["not_run"]["IFE"]
     assert main([*argv, "--tasks", "gsm8k"]) == 4
+
+
+def _without_timing(x):
+    if isinstance(x, dict):
+        return {k: _without_timing(v) for k, v in x.items() if k not in ("seconds", "timing")}
+    return x
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
+def test_two_gloo_ranks_equal_one_process(tmp_path, ifeval_file, torchrun):
+    """Under torchrun the ranks split every column's batches; rank 0 writes what one process computes."""
+    model_dir = tmp_path / "model"
+    save_model(build_model(ModelConfig(d_model=32, n_layers=2, n_heads=4, mlp_hidden=64), seed=0), model_dir)
+    opts = dict(limit=3, batch_size=2, gen_max_tokens=3, keep_docs=True)
+    one = run_instruct_table(
+        model_dir, ifeval_data=ifeval_file, out=tmp_path / "one.json", quiet=True, **opts
+    )
+    out = tmp_path / "two.json"
+    args = ["--table", "instruct", "--ifeval-data", str(ifeval_file), "--limit", "3", "--batch-size", "2"]
+    args += ["--gen-max-tokens", "3", "--per-doc", "--device", "cpu", "--out", str(out)]
+    proc = subprocess.run(
+        [*torchrun(2), "-m", "olmo2.cli", "eval", str(model_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(out.read_text())
+    assert two["settings"]["ranks"] == 2 and one["settings"]["ranks"] == 1
+    assert _without_timing(two["tasks"]) == json.loads(json.dumps(_without_timing(one["tasks"])))
+    assert two["table"] == json.loads(json.dumps(one["table"]))
+    assert proc.stdout.count("table written to") == 1
