@@ -237,6 +237,11 @@ def test_instruct_table_command(tmp_path, ifeval_file, capsys):
     assert main(argv) == 0  # without --ifeval-data the IFE column says what it needs
     assert "needs --ifeval-data" in json.loads(out.read_text())["table"]["not_run"]["IFE"]
     assert main([*argv, "--tasks", "gsm8k"]) == 4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"key": 1, "prompt": "x"\n')
+    capsys.readouterr()
+    assert main([*argv, "--ifeval-data", str(bad)]) == 4  # bad input: exit 4, before any scoring
+    assert "bad.jsonl:1: not a JSON object" in capsys.readouterr().err
 
 
 def _without_timing(x):

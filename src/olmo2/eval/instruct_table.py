@@ -99,36 +99,56 @@ def run_instruct_table(
     ``out`` (default ``instruct-table.json``: results and table) and its ``.md`` sibling. Under torchrun
     the ranks split every task's batches; rank 0 prints and writes."""
     not_run = {} if ifeval_data is not None else {"IFE": NEEDS_IFEVAL}
+    columns = [c for c in INSTRUCT_BENCHMARKS if c in INSTRUCT_TABLE_TASKS and c not in not_run]
+    # The chat tasks' data is read before the model loads: a bad --ifeval-data line fails at once.
+    chat = {
+        INSTRUCT_TABLE_TASKS[c]: load_chat_task(INSTRUCT_TABLE_TASKS[c], limit=limit, ifeval_data=ifeval_data)
+        for c in columns
+        if INSTRUCT_TABLE_TASKS[c] != DROP_TASK
+    }
     env = init_distributed(device)
     t_start = time.perf_counter()
     try:
         path = _check_writable(out or "instruct-table.json") if env.is_main else None
         lm, tok = load_eval_model(
-            model, device=str(env.device), dtype=dtype, backend=backend, tokenizer=tokenizer
+            model,
+            device=str(env.device),
+            dtype=dtype,
+            backend=backend,
+            tokenizer=tokenizer,
+            revision=revision,
         )
         shard = Shard(env.rank, env.world_size)
         verbose = not quiet and env.is_main
         tasks: dict[str, dict] = {}
-        for col in INSTRUCT_BENCHMARKS:
-            name = INSTRUCT_TABLE_TASKS.get(col)
-            if name is None or col in not_run:
-                continue
-            if name == DROP_TASK:  # no chat template for DROP (spec §7.3)
+        for col in columns:
+            name = INSTRUCT_TABLE_TASKS[col]
+            if name not in chat:  # DROP: no chat template (spec §7.3)
                 ev = Evaluator(
-                    tok, name, limit=limit, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                    tok,
+                    name,
+                    limit=limit,
+                    batch_size=batch_size,
+                    max_batch_tokens=max_batch_tokens,
                     gen_max_tokens=gen_max_tokens,
-                    keep_docs=keep_docs, verbose=verbose, shard=shard,
-                )  # fmt: skip
+                    keep_docs=keep_docs,
+                    verbose=verbose,
+                    shard=shard,
+                )
                 tasks[name] = ev(lm)["tasks"][name]
                 continue
             t0 = time.perf_counter()
-            task = load_chat_task(name, limit=limit, ifeval_data=ifeval_data)
             progress = _Progress(name) if verbose else None
             try:
                 metrics, records = score_chat_task(
-                    lm, tok, task, batch_size=max(1, batch_size // 2), max_new_tokens=gen_max_tokens,
-                    progress=progress, shard=shard,
-                )  # fmt: skip
+                    lm,
+                    tok,
+                    chat[name],
+                    batch_size=max(1, batch_size // 2),
+                    max_new_tokens=gen_max_tokens,
+                    progress=progress,
+                    shard=shard,
+                )
             finally:
                 if progress is not None:
                     progress.close()
@@ -137,10 +157,10 @@ def run_instruct_table(
                 metrics["per_doc"] = records
             tasks[name] = metrics
             if verbose:
-                print(
-                    f"olmo2 eval: {name}: {metrics['primary_metric']} = {metrics['primary']:.4f}",
-                    file=sys.stderr,
+                line = (
+                    f"{name}: {metrics['primary_metric']} = {metrics['primary']:.4f} ({metrics['seconds']} s)"
                 )
+                print(f"olmo2 eval: {line}", file=sys.stderr)
     finally:
         if env.owns_process_group:
             torch.distributed.destroy_process_group()
