@@ -78,6 +78,16 @@ def test_chat_prompts_are_the_chat_templates_output(tmp_path):
         "Final Answer: The final answer is $[2,5)$. I hope it is correct."
     )
     assert math_doc.gold == "2" and math_doc.subject == "minerva_math_algebra"
+    starts = [
+        "Problem:\nFind the domain",
+        "Problem:\nIf $\\det",
+        "Problem:\nTerrell",
+        "Problem:\nIf the system",
+    ]
+    for doc in load_chat_task("minerva_math:chat", limit=7).docs:  # one per subject: the same 4 Minerva shots
+        shots = [m["content"] for m in doc.messages[:-1:2]]
+        assert [q[: len(p)] for q, p in zip(shots, starts, strict=True)] == starts
+        assert doc.messages[:-1] == math_doc.messages[:-1]
 
     tok = load_tokenizer()
     write_hf_tokenizer_files(tok, tmp_path)
