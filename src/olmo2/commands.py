@@ -199,10 +199,12 @@ COMMANDS = {
         "olmo2.eval.base_table:eval_command", arg("model", help="checkpoint or Hugging Face causal-LM directory, or a Hub id org/name (cache first; "
             "HF_HUB_OFFLINE=1: cache only)"), REVISION,
         arg("--tasks", help="comma-separated suites, tasks, task:format names (default: olmes_core)"),
-        arg("--table", choices=["base"], help="run the paper's base-model table (Tab 6) and print/save the "
-            "model's row beside the paper's (JSON at --out, default base-table.json, plus .md and .png)"),
+        arg("--table", choices=["base", "instruct"], help="run a paper table and print/save the model's row beside the "
+            "paper's: base = Tab 6 (JSON at --out, default base-table.json, plus .md and .png); instruct = Tab 7 through "
+            "the chat template (default instruct-table.json, plus .md)"),
         arg("--agieval", metavar="DIR", help="local AGIEval copy: the 8 English <task>.jsonl files"),
         arg("--mmlu-pro", metavar="DIR", help="local MMLU-Pro copy: test.jsonl and validation.jsonl"),
+        arg("--ifeval-data", metavar="PATH", help="(--table instruct) local IFEval prompts, the public input_data.jsonl"),
         arg("--limit", type=POSITIVE, help="at most N docs per task format"),
         arg("--out", help="write the results JSON here"),
         arg("--batch-size", type=POSITIVE, default=32, help="rows per forward pass (default: 32)"),

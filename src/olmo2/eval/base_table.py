@@ -12,9 +12,10 @@ like for like.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
+from olmo2.eval.instruct_table import run_instruct_table
+from olmo2.eval.paper_table import format_markdown, paper_table
 from olmo2.eval.reference_results import BASE, BASE_BENCHMARKS
 from olmo2.eval.runner import run_eval, write_json
 from olmo2.eval.suites import BASE_TABLE_TASKS
@@ -23,7 +24,7 @@ from olmo2.train.distributed import launch_rank
 
 __all__ = ["base_table", "eval_command", "format_markdown", "plot_base_table", "run_base_table"]
 
-TABLES = ("base",)
+TABLES = ("base", "instruct")
 NOT_RUN = "not run"
 PLOTTED_REFERENCES = ("OLMo 2 1B", "OLMo 2 7B", "OLMo 2 13B", "OLMo 2 32B")
 MODEL_COLOR = "#d6336c"
@@ -33,10 +34,6 @@ REFERENCE_COLORS = ("#a5d8ff", "#74c0fc", "#339af0", "#1864ab")  # light to dark
 def _local_key(entry: str) -> str | None:
     task = entry.split(":")[0]
     return task if task in LOCAL_TASKS else None
-
-
-def _mean(values: list[float | None]) -> float | None:
-    return None if not values or any(v is None for v in values) else sum(values) / len(values)
 
 
 def base_table(results: dict, name: str, not_run: dict[str, str] | None = None) -> dict:
@@ -49,67 +46,17 @@ def base_table(results: dict, name: str, not_run: dict[str, str] | None = None) 
         scores[col] = None if task is None else 100 * task["primary"]
         if task is None:
             not_run.setdefault(col, NOT_RUN)
-    ran = [c for c in BASE_BENCHMARKS if scores[c] is not None]
-    rows = [
-        {
-            "name": name,
-            "source": "this run",
-            "scores": scores,
-            "avg": _mean(list(scores.values())),
-            "avg_ran": _mean([scores[c] for c in ran]),
-        }
-    ]
-    for ref in BASE:
-        ref_scores = dict(zip(BASE_BENCHMARKS, ref.scores, strict=True))
-        rows.append(
-            {
-                "name": ref.name,
-                "source": f"paper {ref.source}",
-                "scores": ref_scores,
-                "avg": ref.avg,
-                "avg_ran": _mean([ref_scores[c] for c in ran]),
-                "note": ref.note,
-            }
-        )
-    return {
-        "columns": list(BASE_BENCHMARKS),
-        "tasks": {c: BASE_TABLE_TASKS[c] for c in BASE_BENCHMARKS},
-        "ran": ran,
-        "not_run": not_run,
-        "average_rule": "Avg: unweighted mean of the 10 columns (paper Tab 6); Avg (k): mean of the k "
+    return paper_table(
+        BASE_BENCHMARKS,
+        name,
+        scores,
+        BASE,
+        not_run=not_run,
+        tasks=BASE_TABLE_TASKS,
+        average_rule="Avg: unweighted mean of the 10 columns (paper Tab 6); Avg (k): mean of the k "
         "columns that ran, for every row",
-        "limit": results.get("settings", {}).get("limit"),
-        "rows": rows,
-    }
-
-
-def _cell(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
-
-
-def format_markdown(table: dict) -> str:
-    """A markdown table: the model first (bold), then the paper's rows; notes on what did not run."""
-    k = len(table["ran"])
-    cols = [c + ("†" if c in table["not_run"] else "") for c in table["columns"]]
-    lines = [
-        f"| model | Avg | Avg ({k}) | {' | '.join(cols)} |",
-        "|---" * (len(cols) + 3) + "|",
-    ]
-    for i, row in enumerate(table["rows"]):
-        name = f"**{row['name']}**" if i == 0 else f"{row['name']} ({row['source']})"
-        cells = [
-            _cell(row["avg"]),
-            _cell(row["avg_ran"]),
-            *(_cell(row["scores"][c]) for c in table["columns"]),
-        ]
-        lines.append(f"| {name} | {' | '.join(cells)} |")
-    notes = [f"† {col}: {why}" for col, why in table["not_run"].items()]
-    notes.append(table["average_rule"] + ".")
-    if table["limit"] is not None:
-        notes.append(
-            f"--limit {table['limit']}: at most {table['limit']} docs per task, not comparable with the paper."
-        )
-    return "\n".join(lines) + "\n\n" + "\n".join(f"* {n}" for n in notes) + "\n"
+        limit=results.get("settings", {}).get("limit"),
+    )
 
 
 def plot_base_table(table: dict, out: str | Path) -> Path:
@@ -212,17 +159,27 @@ def eval_command(
     table: str | None = None,
     agieval: str | Path | None = None,
     mmlu_pro: str | Path | None = None,
+    ifeval_data: str | Path | None = None,
     **eval_options,
 ) -> dict:
     """Score MODEL on TASKS (default olmes_core) and print a table; --out writes JSON. With --table base,
     run the paper's base-model table (Tab 6) instead and print/save the model's row beside the paper's
     rows (JSON, markdown, PNG). AGIEval and MMLU-Pro are in no pinned package: give their local copies
-    with --agieval DIR / --mmlu-pro DIR (see docs/eval.md)."""
+    with --agieval DIR / --mmlu-pro DIR (see docs/eval.md). With --table instruct, run the offline columns
+    of the Instruct table (Tab 7) through the chat template; IFEval's prompts come from a local file
+    (--ifeval-data PATH)."""
+    if ifeval_data is not None and table != "instruct":
+        raise ValueError("--ifeval-data is for --table instruct")
     if table is not None:
         if tasks is not None:
             raise ValueError("give --tasks or --table, not both")
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
+        if table == "instruct":
+            if agieval is not None or mmlu_pro is not None:
+                raise ValueError("--agieval and --mmlu-pro are for --table base")
+            eval_options.pop("all_norms", None)  # the Instruct table has no ranked task
+            return run_instruct_table(model, ifeval_data=ifeval_data, **eval_options)
         return run_base_table(model, agieval=agieval, mmlu_pro=mmlu_pro, **eval_options)
     local = {k: v for k, v in {"agieval": agieval, "mmlu_pro": mmlu_pro}.items() if v is not None}
     return run_eval(model, tasks or "olmes_core", local_data=local, **eval_options)
