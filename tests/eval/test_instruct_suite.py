@@ -8,7 +8,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import transformers
+from eval_models import transformers
 
 from olmo2.chat import CHAT_TEMPLATE, encode_prompt, render
 from olmo2.cli import main

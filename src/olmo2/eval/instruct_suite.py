@@ -34,7 +34,7 @@ from olmo2.chat import render
 from olmo2.eval.generative import extract_answer, generate_until, normalize_answer
 from olmo2.eval.lm import EvalLM, TextTokenizer
 from olmo2.eval.shard import WHOLE, Shard
-from olmo2.eval.tasks import LETTERS, MMLU_DIR, EvalDataError, _read_arrow, data_root, load_task
+from olmo2.eval.tasks import LETTERS, MMLU_DIR, EvalDataError, data_root, load_task, read_arrow
 from olmo2.posttrain.verifiers import (
     check_ground_truth,
     check_ifeval,
@@ -236,7 +236,7 @@ def _load_mmlu(limit: int | None, root: Path | None = None) -> tuple[list[ChatDo
     per = None if limit is None else math.ceil(limit / len(subjects))
     groups = []
     for s in subjects:
-        rows = _read_arrow(base / s / "test")[:per]
+        rows = read_arrow(base / s / "test")[:per]
         docs = []
         for row in rows:
             letters = LETTERS[: len(row["choices"])]

@@ -23,7 +23,7 @@ from olmo2.eval.instruct_suite import load_chat_task, score_chat_task
 from olmo2.eval.lm import load_eval_model
 from olmo2.eval.paper_table import format_markdown, paper_table
 from olmo2.eval.reference_results import INSTRUCT, INSTRUCT_BENCHMARKS
-from olmo2.eval.runner import Evaluator, _check_writable, _Progress, _write_results
+from olmo2.eval.runner import Evaluator, TaskProgress, check_writable, write_results
 from olmo2.eval.shard import Shard
 from olmo2.train.distributed import init_distributed
 
@@ -109,7 +109,7 @@ def run_instruct_table(
     env = init_distributed(device)
     t_start = time.perf_counter()
     try:
-        path = _check_writable(out or "instruct-table.json") if env.is_main else None
+        path = check_writable(out or "instruct-table.json") if env.is_main else None
         lm, tok = load_eval_model(
             model,
             device=str(env.device),
@@ -138,7 +138,7 @@ def run_instruct_table(
                 tasks[name] = ev(lm)["tasks"][name]
                 continue
             t0 = time.perf_counter()
-            progress = _Progress(name) if verbose else None
+            progress = TaskProgress(name) if verbose else None
             try:
                 metrics, records = score_chat_task(
                     lm,
@@ -189,7 +189,7 @@ def run_instruct_table(
     results["table"] = instruct_table(results, str(model), not_run)
     if path is None:
         return results
-    _write_results(results, path)
+    write_results(results, path)
     markdown = format_markdown(results["table"])
     md_path = path.with_suffix(".md")
     md_path.write_text(f"# {model}: paper Tab 7 columns\n\n{markdown}", encoding="utf-8")

@@ -35,11 +35,14 @@ from olmo2.train.distributed import init_distributed
 
 __all__ = [
     "Evaluator",
+    "TaskProgress",
+    "check_writable",
     "evaluate",
     "flat_metrics",
     "format_table",
     "run_eval",
     "write_json",
+    "write_results",
 ]
 
 
@@ -75,7 +78,7 @@ def _with_bos(tok: TextTokenizer, ids: np.ndarray) -> np.ndarray:
 _LINE = "{desc}: {n_fmt}/{total_fmt} batches, {elapsed} elapsed, about {remaining} left"
 
 
-class _Progress:
+class TaskProgress:
     """One task's progress on stderr, counted in batches: a tqdm bar on a terminal; elsewhere (a log
     file) a plain line every ``every`` seconds and one at the end."""
 
@@ -188,7 +191,7 @@ class Evaluator:
         try:
             for name, prep in self.prepared.items():
                 t0 = time.perf_counter()
-                progress = _Progress(name) if self.verbose else None
+                progress = TaskProgress(name) if self.verbose else None
                 try:
                     metrics, records = self._score(lm, prep, progress)
                 finally:
@@ -243,7 +246,7 @@ class Evaluator:
             },
         }
 
-    def _score(self, lm: EvalLM, prep: _Prepared, progress: _Progress | None) -> tuple[dict, list[dict]]:
+    def _score(self, lm: EvalLM, prep: _Prepared, progress: TaskProgress | None) -> tuple[dict, list[dict]]:
         data, fmt = prep.data, prep.data.format
         if fmt.kind == "gen":
             return generative_metrics(
@@ -339,7 +342,7 @@ def write_json(results: dict, path: str | Path) -> Path:
     return path
 
 
-def _check_writable(path: str | Path) -> Path:
+def check_writable(path: str | Path) -> Path:
     """Fail before scoring, not after it: ``path`` must be a file name in a folder this process can write
     (created if missing); a probe file is made there and removed."""
     path = Path(path)
@@ -359,7 +362,7 @@ def _check_writable(path: str | Path) -> Path:
     return path
 
 
-def _write_results(results: dict, out: Path) -> None:
+def write_results(results: dict, out: Path) -> None:
     """Results already computed are never lost to an output error: they go to a temporary file instead."""
     try:
         write_json(results, out)
@@ -402,7 +405,7 @@ def run_eval(
     which equal one process's; only rank 0 prints and writes ``out``."""
     env = init_distributed(device)
     try:
-        out = _check_writable(out) if out is not None and env.is_main else None
+        out = check_writable(out) if out is not None and env.is_main else None
         lm, tok = load_eval_model(
             model,
             device=str(env.device),
@@ -434,7 +437,7 @@ def run_eval(
     if not quiet and env.is_main:
         print(format_table(results))
     if out is not None:
-        _write_results(results, out)
+        write_results(results, out)
         if not quiet:
             print(f"results written to {out}")
     return results

