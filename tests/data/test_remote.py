@@ -268,31 +268,54 @@ def test_s3_endpoint_and_options_come_from_the_environment(monkeypatch):
 
 
 @pytest.mark.slow  # ~20 s: three training runs in subprocesses
-def test_train_on_s3_resumes_like_local(s3, tmp_path, train_config_dict):
-    """An ``olmo2 train`` subprocess over an S3 mix: same losses as local, then the same after a resume."""
+def test_mix_imported_from_an_olmo_core_list_trains_on_s3_and_resumes_like_local(
+    s3, tmp_path, train_config_dict
+):
+    """Issue 14's whole path: an OLMo-core mix list imported with an ``s3://`` root (sizes read from the
+    server), then ``olmo2 train`` subprocesses: the same losses and batches as the same list imported
+    over the local folder, and again after a resume."""
     import subprocess
     import sys
 
+    from olmo2.cli import main
+
     cfg = train_config_dict(run={"max_steps": 4}, checkpoint={"save_every": 2, "keep_last": 0})
     url = upload(s3, tmp_path / "data")
-    (tmp_path / "mix_s3.yaml").write_text(
-        yaml.safe_dump({"name": "s3", "sources": [{"name": "all", "paths": [f"{url}/train/*.npy"]}]})
-    )
+    files = sorted((tmp_path / "data" / "train").glob("*.npy"))
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"all,train/{p.name}\n" for p in files))
+    for name, root in (("local", tmp_path / "data"), ("s3", url)):
+        assert (
+            main(
+                [
+                    "mix",
+                    "import",
+                    str(listing),
+                    "--root",
+                    str(root),
+                    "--out",
+                    str(tmp_path / f"{name}.mix.yaml"),
+                ]
+            )
+            == 0
+        )
     env = {**os.environ, **s3.env, "PYTHONPATH": str(Path(storage.__file__).parents[1])}
 
-    def run(name: str, mix: Path) -> tuple[list[tuple], str]:
+    def run(name: str) -> tuple[list[tuple], str]:
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump({**cfg, "data": {**cfg["data"], "mix": str(mix)}}))
+        path.write_text(
+            yaml.safe_dump({**cfg, "data": {**cfg["data"], "mix": str(tmp_path / f"{name}.mix.yaml")}})
+        )
         cmd = [sys.executable, "-m", "olmo2.cli", "train", str(path), f"run.folder={tmp_path / name}"]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         return [(r["step"], r["loss"], r["batch_hash"]) for r in map(json.loads, lines)], done.stderr
 
-    local, _ = run("local", tmp_path / "mix.yaml")
-    assert run("s3", tmp_path / "mix_s3.yaml")[0] == local
+    local, _ = run("local")
+    assert len(local) == 4 and run("s3")[0] == local
     shutil.rmtree(tmp_path / "s3/step4")  # as if killed before the last checkpoint: resume from step 2
-    resumed, log = run("s3", tmp_path / "mix_s3.yaml")
+    resumed, log = run("s3")
     assert "resumed from" in log and "step2" in log
     assert resumed == local
 
