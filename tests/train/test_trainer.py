@@ -403,3 +403,22 @@ def test_auto_precision_is_the_same_in_ten_fresh_processes(tmp_path):
         for _ in range(10)
     ]
     assert len(set(answers)) == 1 and answers[0].strip() in ("torch.float32", "torch.bfloat16")
+
+
+def test_init_from_a_released_style_hf_config_with_the_padded_vocabulary(make_train_config, tmp_path):
+    """Released OLMo 2 configs say vocab_size 100352 (the embedding rows), ours keep the tokenizer's
+    100278 below it: the same tensors, so the start is allowed; another width is still refused."""
+    small_vocab = ["model.vocab_size=300", "model.eos_token_id=0", "model.pad_token_id=1"]
+    train(load_train_config(make_train_config(), ["run.max_steps=3", *small_vocab]))
+    export = tmp_path / "released"
+    shutil.copytree(tmp_path / "run" / "step3" / "model", export)
+    hf = json.loads((export / "config.json").read_text())
+    assert hf.pop("tokenizer_vocab_size") == 300 and hf["vocab_size"] == 384
+    (export / "config.json").write_text(json.dumps(hf))
+    start = [f"init.checkpoint={export}", "run.max_steps=3", *small_vocab]
+    train(load_train_config(make_train_config(), [*start, f"run.folder={tmp_path}/anneal"]))
+    assert len(_metrics(tmp_path / "anneal")) == 3
+    with pytest.raises(ValueError, match="model shape differs"):
+        train(
+            load_train_config(make_train_config(), [*start, "model.d_model=32", f"run.folder={tmp_path}/x"])
+        )

@@ -34,6 +34,7 @@ from olmo2.model.checkpoint import (
     read_state_dict,
     resolve_model_dir,
 )
+from olmo2.model.config import ModelConfig
 from olmo2.model.loss import IGNORE_INDEX, shift_labels
 from olmo2.model.transformer import build_model
 from olmo2.tokenizer import load_tokenizer
@@ -172,6 +173,14 @@ class LMTrainModule(TrainModule):
         }
 
 
+def _weight_shapes(config: ModelConfig) -> ModelConfig:
+    """What fixes the tensors' shapes: not the special token ids, nor the tokenizer's vocabulary size
+    within the embedding (a released HF config says 100352 for both; ours keeps dolma2's 100278)."""
+    return config.replace(
+        eos_token_id=None, pad_token_id=None, bos_token_id=None, vocab_size=config.embedding_size
+    )
+
+
 def _init_from(cfg: TrainConfig, module: LMTrainModule, env: DistEnv) -> str:
     """Stage 2: weights (and AdamW moments) from a stage-1 checkpoint or an imported HF model; never
     the data position (the anneal reads another mix)."""
@@ -188,9 +197,7 @@ def _init_from(cfg: TrainConfig, module: LMTrainModule, env: DistEnv) -> str:
     except CheckpointError as e:
         raise ValueError(f"init.checkpoint: {e}") from None
     found = read_config(model_dir)
-    if found.replace(eos_token_id=None, pad_token_id=None, bos_token_id=None) != unwrap(model).config.replace(
-        eos_token_id=None, pad_token_id=None, bos_token_id=None
-    ):
+    if _weight_shapes(found) != _weight_shapes(unwrap(model).config):
         raise ValueError(
             f"init.checkpoint {path}: its model shape differs from the config's model:\n"
             f"  checkpoint: {found}\n  config:     {unwrap(model).config}"
