@@ -101,6 +101,27 @@ def test_torchrun_line_has_the_rendezvous_arguments(tmp_path):
     assert "2 node(s) x 8 rank(s), rendezvous at node-a:24242" in result.stderr
 
 
+def test_eval_runs_sharded_over_every_rank(tmp_path):
+    env = _slurm_env(
+        tmp_path,
+        FAKE_HOSTNAMES="node-a",
+        SLURM_JOB_ID="7",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_GPUS_ON_NODE="8",
+        OLMO2_DRY_RUN="1",
+    )
+    result = _sbatch(env, "eval", "runs/soup/model", "--table", "base")
+    assert result.returncode == 0, result.stderr
+    cmd = shlex.split(result.stdout)
+    assert "--nproc_per_node=8" in cmd and cmd[-5:] == [
+        "olmo2.cli",
+        "eval",
+        "runs/soup/model",
+        "--table",
+        "base",
+    ]
+
+
 def test_bad_calls_are_refused(tmp_path):
     env = _slurm_env(tmp_path, FAKE_HOSTNAMES="node-a", SLURM_JOB_NUM_NODES="1", SLURM_GPUS_ON_NODE="8")
     result = _sbatch(env, "pretrain", "x.yaml")
