@@ -1,6 +1,6 @@
 """The recipe report's verdict: each anneal against stage 1, the soup against its best ingredient."""
 
-from olmo2.recipe.report import _verdict
+from olmo2.recipe.report import _verdict, metric_rows
 
 
 def test_the_verdict_counts_each_anneal_and_compares_the_soup_with_the_best_ingredient():
@@ -26,3 +26,21 @@ def test_without_a_soup_there_is_no_soup_claim():
     assert _verdict(["bpb/qa"], rows) == [
         "- **bpb/qa** (lower is better): stage 1 2.0000 → anneals 2.1000: 0 of 1 improved on stage 1."
     ]
+
+
+def test_a_bits_per_byte_task_counts_as_lower_is_better():
+    """A generative task scored by bits per byte joins the held-out BPB metrics, not the task scores
+    that the Pareto point averages (higher is better there)."""
+    result = {
+        "heldout": {"web": {"bits_per_byte": 1.5}},
+        "tasks": {
+            "summary": {"arc_easy:rc": 0.4, "gsm8k:bpb": 1.2},
+            "tasks": {
+                "arc_easy:rc": {"primary_metric": "acc_per_char", "primary": 0.4},
+                "gsm8k:bpb": {"primary_metric": "bits_per_byte", "primary": 1.2},
+            },
+        },
+    }
+    names, rows = metric_rows({"soup": result})
+    assert names == ["bpb/web", "task/arc_easy:rc", "bpb/gsm8k:bpb"]
+    assert rows["soup"] == {"bpb/web": 1.5, "task/arc_easy:rc": 0.4, "bpb/gsm8k:bpb": 1.2}

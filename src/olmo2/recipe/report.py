@@ -55,8 +55,12 @@ def metric_rows(evals: dict[str, dict]) -> tuple[list[str], dict[str, dict[str, 
         row = {}
         for set_name, m in result.get("heldout", {}).items():
             row[f"bpb/{set_name}"] = m["bits_per_byte"]
-        for task, value in result.get("tasks", {}).get("summary", {}).items():
-            row[f"task/{task}"] = value
+        tasks = result.get("tasks", {})
+        for task, value in tasks.get("summary", {}).items():
+            # bits per byte of a generative task is lower-better, like the held-out sets: the "bpb/"
+            # prefix is what the verdicts and the Pareto score (task/ only) read it by
+            lower_better = tasks.get("tasks", {}).get(task, {}).get("primary_metric") == "bits_per_byte"
+            row[f"{'bpb' if lower_better else 'task'}/{task}"] = value
         rows[ckpt] = row
         names += [k for k in row if k not in names]
     return names, rows
