@@ -57,3 +57,10 @@ def naive_loglikelihood(hf, ctx: list[int], cont: list[int]) -> float:
         logits = hf(ids, logits_to_keep=len(cont)).logits[0].double()
     lp = logits.log_softmax(-1)
     return float(sum(lp[i, t] for i, t in enumerate(cont)))
+
+
+def strip_timing(x):
+    """Results without their ``seconds`` entries, for comparing two runs."""
+    if isinstance(x, dict):
+        return {k: strip_timing(v) for k, v in x.items() if k != "seconds"}
+    return x

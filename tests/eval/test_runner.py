@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from eval_models import REAL_VOCAB, transformers
+from eval_models import REAL_VOCAB, strip_timing, transformers
 
 from olmo2.cli import main
 from olmo2.eval import runner
@@ -23,12 +23,6 @@ from olmo2.model.transformer import build_model
 from olmo2.tokenizer import load_tokenizer, write_hf_tokenizer_files
 
 TASKS = "arc_easy,boolq:rc,mmlu:mc,gsm8k:bpb"
-
-
-def _strip_timing(x):
-    if isinstance(x, dict):
-        return {k: _strip_timing(v) for k, v in x.items() if k != "seconds"}
-    return x
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +42,7 @@ def test_in_loop_equals_offline(checkpoint, tmp_path):
     assert model.training
     out = tmp_path / "res.json"
     offline = run_eval(path, TASKS, limit=6, batch_size=4, out=out, quiet=True)
-    assert _strip_timing(in_loop["tasks"]) == _strip_timing(offline["tasks"])
+    assert strip_timing(in_loop["tasks"]) == strip_timing(offline["tasks"])
     assert in_loop["summary"] == offline["summary"]
     saved = json.loads(out.read_text())
     assert saved["summary"] == offline["summary"] and saved["settings"]["limit"] == 6

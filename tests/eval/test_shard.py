@@ -11,6 +11,7 @@ import threading
 
 import pytest
 import torch
+from eval_models import strip_timing
 
 from olmo2.eval.runner import Evaluator, run_eval
 from olmo2.eval.shard import Shard
@@ -21,12 +22,6 @@ from olmo2.tokenizer import load_tokenizer
 
 # ranked (MC, RC with PMI), bits per byte, and generation: every kind goes through the shard
 TASKS = "arc_easy:mc,arc_challenge:rc,gsm8k:bpb,gsm8k"
-
-
-def _strip_timing(x):
-    if isinstance(x, dict):
-        return {k: _strip_timing(v) for k, v in x.items() if k != "seconds"}
-    return x
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +69,7 @@ def test_shards_merge_to_the_single_process_results(checkpoint):
         t.join()
     assert sorted(results) == [0, 1, 2]
     for r in range(world):
-        assert _strip_timing(results[r]["tasks"]) == _strip_timing(whole["tasks"])
+        assert strip_timing(results[r]["tasks"]) == strip_timing(whole["tasks"])
         assert results[r]["summary"] == whole["summary"] and results[r]["settings"]["ranks"] == world
     assert len(whole["tasks"]["gsm8k:gen"]["per_doc"]) == 5
     assert len(whole["tasks"]["arc_challenge:rc"]["per_doc"][0]["uncond_logprobs"]) == 4  # PMI
@@ -100,7 +95,7 @@ def test_two_gloo_ranks_equal_one_process(checkpoint, tmp_path, torchrun):
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(out.read_text())
     assert two["settings"]["ranks"] == 2 and one["settings"]["ranks"] == 1
-    assert _strip_timing(two["tasks"]) == json.loads(json.dumps(_strip_timing(one["tasks"])))
+    assert strip_timing(two["tasks"]) == json.loads(json.dumps(strip_timing(one["tasks"])))
     assert proc.stdout.count("results written to") == 1 and proc.stdout.count("arc_easy:mc") == 1
 
 
