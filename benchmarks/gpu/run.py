@@ -15,7 +15,7 @@ by ``Trainer.fit`` so that the device is synchronised around each timed step. Ea
 ``--stage-steps`` steps after ``--stage-warmup`` warm-up steps and reports the medians: tokens/s
 (every token a step runs forward and backward, prompts included, padding not) and MFU (the step's
 matmul FLOPs, counted per stage, over the stage's measured bf16 matmul peak), next to what the
-engine's own metrics (``n_tokens``, ``flops_per_token``) would report. Run it when a GPU is lent
+engine's own metrics (``n_tokens``, ``model_flops``) would report. Run it when a GPU is lent
 (sized by estimate for well under 8 minutes on one H200; ``--stages`` runs a subset; the JSON is
 rewritten after each stage, so a run cut short still leaves the stages it finished):
 
@@ -188,23 +188,20 @@ def train_throughput(args, device: str, tmp: Path) -> dict:
 
 
 def forward_flops(cfg, rows: list[tuple[int, int]]) -> float:
-    """Matmul FLOPs of one forward over ``rows`` of (length, LM-head positions): ``flops_per_token``'s
-    convention (PaLM's: 2 per matmul parameter, attention over the whole row) divided by 3, with the
-    LM head counted only where it runs (targets: SFT's ``targets_only``, DPO/GRPO's ``target_logps``)."""
-    from olmo2.train.monitor import flops_per_token
+    """Matmul FLOPs of one forward over ``rows`` of (length, LM-head positions): a third of
+    ``model_flops`` (forward + backward = 3 forwards), the LM head counted only where it runs
+    (targets: SFT's ``targets_only``, DPO/GRPO's ``target_logps``)."""
+    from olmo2.train.monitor import model_flops
 
-    head = 2.0 * cfg.d_model * cfg.embedding_size
-    return sum(n * (flops_per_token(cfg, n) / 3 - head) + t * head for n, t in rows)
+    return model_flops(cfg, [n for n, _ in rows], sum(t for _, t in rows)) / 3
 
 
 def generation_flops(cfg, prompt_lens: list[int], response_lens: list[int]) -> float:
     """Matmul FLOPs of sampling with the KV cache: the prompts' forward (as ``forward_flops``), then
     one token at a time, each attending to the cache it sees; one LM-head row per sampled token."""
-    from olmo2.train.monitor import flops_per_token
-
     head = 2.0 * cfg.d_model * cfg.embedding_size
-    body = flops_per_token(cfg, 0) / 3 - head  # per token, without attention
     attn = 4.0 * cfg.n_layers * cfg.d_model  # per token per cached position
+    body = forward_flops(cfg, [(1, 0)]) - attn  # per token, without attention or the LM head
     total = 0.0
     for p, r in zip(prompt_lens, response_lens, strict=True):
         total += p * (body + attn * p) + r * head
@@ -239,7 +236,7 @@ def time_steps(run, module, data, warmup: int, steps: int, measure: Callable[[di
 
 def stage_figures(run, module, records: list[dict]) -> dict:
     """Medians over the timed steps: ours (every trained token, counted FLOPs) and the engine's own
-    ``n_tokens`` / ``flops_per_token`` figures, against the stage's measured peak."""
+    ``n_tokens`` / ``model_flops`` figures, against the stage's measured peak."""
     med = statistics.median
     peak = run.peak_flops
     out = {
@@ -253,7 +250,10 @@ def stage_figures(run, module, records: list[dict]) -> dict:
         "flops_per_step": med(r["flops"] for r in records),
         "mfu_vs_measured_peak": med(r["flops"] / r["step_time"] / peak for r in records),
         "engine_tokens_per_sec": med(r["n_tokens"] / r["step_time"] for r in records),
-        "engine_mfu": med(module.flops_per_token * r["n_tokens"] / r["step_time"] / peak for r in records),
+        "engine_mfu": med(
+            r.get("model_flops", module.flops_per_token * r["n_tokens"]) / r["step_time"] / peak
+            for r in records
+        ),
         "loss": records[-1]["loss"],
         "skipped_steps": sum(bool(r.get("skipped")) for r in records),
     }
