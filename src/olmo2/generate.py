@@ -278,8 +278,11 @@ def _generate(
         step_mask = torch.ones(B, 1, 1, P + N, dtype=torch.bool, device=device)
 
     head = _lm_head(model, B, N)
-    hidden = model.hidden_states(ids, positions=prefill_pos, mask=prefill_mask, cache=cache)
-    logits = head(hidden[:, -1]).float()
+    if prefill_mask is not None and device.type == "cpu":
+        last = _prefill_rows(model, prompts, cache, P)
+    else:
+        last = model.hidden_states(ids, positions=prefill_pos, mask=prefill_mask, cache=cache)[:, -1]
+    logits = head(last).float()
     out = torch.empty(B, N, dtype=torch.long, device=device)
     all_logits = torch.empty(B, N, logits.shape[-1], device=device) if keep_logits else None
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -335,6 +338,27 @@ def _generate(
                 break
         result.append(row)
     return result, (all_logits[:, :steps] if all_logits is not None else None)
+
+
+def _prefill_rows(model: Olmo2, prompts: list[list[int]], cache: KVCache, P: int) -> torch.Tensor:
+    """Prefill a ragged batch one prompt at a time into its left-padded slots of ``cache``; the last
+    hidden state of each row [B, d].
+
+    On CPU a padded batch prefill takes the masked attention path over every padded row: measured
+    1.3-1.6x slower than the prompts one by one with plain causal attention (16 GSM8K 8-shot prompts
+    of 691-773 tokens, small preset). Padded slots are zeroed (they are masked, but must be finite).
+    """
+    device, dtype = cache.keys[0].device, cache.keys[0].dtype
+    last = []
+    for i, p in enumerate(prompts):
+        row = KVCache(model.config, 1, len(p), device, dtype)
+        last.append(model.hidden_states(torch.tensor([p], device=device), cache=row)[:, -1])
+        for big, small in ((cache.keys, row.keys), (cache.values, row.values)):
+            for layer, kv in enumerate(small):
+                big[layer][i, :, : P - len(p)] = 0
+                big[layer][i, :, P - len(p) : P] = kv[0]
+    cache.length = P
+    return torch.cat(last)
 
 
 def _encode(tokenizer, text: str) -> list[int]:
