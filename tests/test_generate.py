@@ -146,6 +146,22 @@ def test_generation_ends_when_every_row_has_stopped():
     assert logits.shape[1] == max(map(len, toks))  # no step ran after the last row stopped
 
 
+def test_until_drops_ended_rows_and_the_rest_match_hf(pair):
+    ours, hf = pair
+    prompts = random_prompts([5, 12, 8], ours.config.vocab_size, seed=5)
+    free = generate(ours, prompts, GenerationConfig(max_new_tokens=20), pad_token_id=PAD)
+    asked = []
+
+    def until(row, new):  # row 1 ends once it has 6 tokens, row 0 at 13; row 2 runs to the end
+        asked.append((row, len(new)))
+        return len(new) >= {0: 13, 1: 6}.get(row, 99)
+
+    got = generate(ours, prompts, GenerationConfig(max_new_tokens=20, check_every=3), until=until)
+    assert got == [free[0][:15], free[1][:6], free[2]] and free == hf_greedy(hf, prompts, 20)
+    assert {n for _, n in asked} == {3, 6, 9, 12, 15, 18}  # asked every 3 steps
+    assert [r for r, n in asked if n > 6] == [0, 2, 0, 2, 0, 2, 2]  # row 1 left the batch at 6
+
+
 def test_head_cache_follows_in_place_weight_changes():
     ours, _ = make_pair("mha")
     prompt = random_prompts([6], ours.config.vocab_size, seed=8)

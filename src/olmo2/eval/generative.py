@@ -1,9 +1,10 @@
 """Generative evaluation: greedy decoding until a stop sequence, then exact match of the extracted answer
 (GSM8K) or answer-overlap F1/EM (DROP, NQ, TriviaQA, SQuAD, CoQA; ``answer_metrics``).
 
-Generation runs in chunks of ``chunk`` new tokens; after each chunk a row whose text contains a stop
-sequence (or EOS) is finished and dropped, so a batch does not decode 512 tokens for every row just
-because one row is long. Extraction follows the OLMES GSM8K recipe: the number after the last
+A row whose text contains a stop sequence (or EOS) is finished and dropped from its batch, so a
+batch does not decode 512 tokens for every row just because one row is long. Models that take a
+stop callback (``supports_until``, our ``Olmo2LM``) decode each batch in one KV-cached pass and check
+the texts as they grow; others generate in chunks of ``chunk`` new tokens, re-fed with the prompt. Extraction follows the OLMES GSM8K recipe: the number after the last
 "So the answer is", else the last number in the output; both sides are normalised with the task's
 ``regexes_to_ignore`` (commas, ``$``, anything up to ``#### ``, a final period) before comparing.
 A generation that never reaches a stop sequence is cut at the task's token limit and scored as it is.
@@ -20,6 +21,7 @@ from olmo2.eval.shard import WHOLE, Shard
 from olmo2.eval.tasks import Doc, TaskFormat
 
 __all__ = [
+    "cut_at_stop",
     "exact_match",
     "extract_answer",
     "generate_until",
@@ -59,7 +61,8 @@ def exact_match(prediction: str, gold: str) -> bool:
     return extract_answer(prediction) == normalize_answer(gold)
 
 
-def _cut(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """(``text`` up to its first stop sequence, whether it had one)."""
     hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return (text[: min(hits)], True) if hits else (text, False)
 
@@ -84,34 +87,57 @@ def generate_until(
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     mine = [idx for k, idx in enumerate(batches) if shard.owns(k)]
+    decode = _generate_batch if lm.supports_until else _generate_chunked
     for done, idx in enumerate(mine, 1):
-        gen: dict[int, list[int]] = {i: [] for i in idx}
-        active = list(idx)
-        while active:
-            n = min(chunk, min(max_new[i] - len(gen[i]) for i in active))
-            inputs = []
-            for i in active:
-                seq = prompts[i] + gen[i]
-                keep = max(1, lm.max_length - n)
-                inputs.append(seq[-keep:])
-            for i, new in zip(active, lm.generate(inputs, n), strict=True):
-                gen[i] += new
-            still = []
-            for i in active:
-                ids = gen[i]
-                eos = lm.eos_token_id is not None and lm.eos_token_id in ids
-                if eos:
-                    ids = ids[: ids.index(lm.eos_token_id)]
-                text, stopped = _cut(tok.decode(ids), stops[i])
-                if stopped or eos or len(gen[i]) >= max_new[i]:
-                    outs[i] = text
-                else:
-                    still.append(i)
-            active = still
+        outs.update(decode(lm, tok, idx, prompts, stops, max_new, chunk))
         if progress is not None:
             progress(done, len(mine))
     outs = shard.merge(outs)
     return [outs[i] for i in range(len(prompts))]
+
+
+def _finish(lm: EvalLM, tok: TextTokenizer, ids: list[int], stops: tuple[str, ...], max_new: int):
+    """(text cut before EOS and at the first stop, whether the row is done)."""
+    eos = lm.eos_token_id is not None and lm.eos_token_id in ids
+    if eos:
+        ids = ids[: ids.index(lm.eos_token_id)]
+    text, stopped = cut_at_stop(tok.decode(ids), stops)
+    return text, stopped or eos or len(ids) >= max_new
+
+
+def _generate_batch(lm, tok, idx, prompts, stops, max_new, chunk) -> dict[int, str]:
+    """Rows ``idx`` in one KV-cached pass; ``until`` ends each at its stop text or token limit."""
+    n = max(max_new[i] for i in idx)
+    keep = max(1, lm.max_length - n)
+    until = lambda r, ids: _finish(lm, tok, ids, stops[idx[r]], max_new[idx[r]])[1]  # noqa: E731
+    new = lm.generate([prompts[i][-keep:] for i in idx], n, until=until)
+    return {
+        i: _finish(lm, tok, ids[: max_new[i]], stops[i], max_new[i])[0]
+        for i, ids in zip(idx, new, strict=True)
+    }
+
+
+def _generate_chunked(lm, tok, idx, prompts, stops, max_new, chunk) -> dict[int, str]:
+    """Rows ``idx`` in chunks of ``chunk`` tokens, each chunk re-fed prompt + tokens so far."""
+    outs: dict[int, str] = {}
+    gen: dict[int, list[int]] = {i: [] for i in idx}
+    active = list(idx)
+    while active:
+        n = min(chunk, min(max_new[i] - len(gen[i]) for i in active))
+        keep = max(1, lm.max_length - n)
+        for i, new in zip(
+            active, lm.generate([(prompts[i] + gen[i])[-keep:] for i in active], n), strict=True
+        ):
+            gen[i] += new
+        still = []
+        for i in active:
+            text, done = _finish(lm, tok, gen[i], stops[i], max_new[i])
+            if done:
+                outs[i] = text
+            else:
+                still.append(i)
+        active = still
+    return outs
 
 
 def _generate(

@@ -50,6 +50,7 @@ class EvalLM:
     name = "model"
     supports_packing = False
     supports_prefix = True
+    supports_until = False  # ``generate`` takes ``until`` (ends rows mid-generation)
     max_length: int
     vocab_size: int
     eos_token_id: int | None
@@ -75,7 +76,8 @@ class EvalLM:
         """
         raise NotImplementedError
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, until=None) -> list[list[int]]:
+        """Greedy new tokens; ``until(row, new_tokens)`` (only with ``supports_until``) ends a row."""
         raise NotImplementedError
 
 
@@ -109,6 +111,7 @@ class Olmo2LM(EvalLM):
     """Our ``Olmo2`` model: prefix caching and packed rows (tree attention)."""
 
     supports_packing = True
+    supports_until = True
 
     def __init__(self, model: Olmo2, name: str = "olmo2", max_length: int | None = None):
         self.model, self.name = model.eval(), name
@@ -159,9 +162,11 @@ class Olmo2LM(EvalLM):
         return out
 
     @torch.inference_mode()
-    def generate(self, prompts, max_new_tokens):
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop_on_eos=True)
-        return generate(self.model, prompts, cfg, eos_token_id=self.eos_token_id)
+    def generate(self, prompts, max_new_tokens, until=None):
+        # ``until`` decodes every running row, so it is asked every 8 steps, not every step.
+        check = 8 if until is not None else None
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, check_every=check)
+        return generate(self.model, prompts, cfg, eos_token_id=self.eos_token_id, until=until)
 
 
 def _kv_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
