@@ -4,8 +4,8 @@
 A row whose text contains a stop sequence (or EOS) is finished and dropped from its batch, so a
 batch does not decode 512 tokens for every row just because one row is long. Models that take a
 stop callback (``supports_until``, our ``Olmo2LM``) decode each batch in one KV-cached pass and check
-the texts as they grow; others generate in chunks of ``chunk`` new tokens, re-fed with the prompt. Extraction follows the OLMES GSM8K recipe: the number after the last
-"So the answer is", else the last number in the output; both sides are normalised with the task's
+the texts as they grow; others generate in chunks of ``chunk`` new tokens, re-fed with the prompt.
+Extraction follows the OLMES GSM8K recipe: the number after the last "So the answer is", else the last number in the output; both sides are normalised with the task's
 ``regexes_to_ignore`` (commas, ``$``, anything up to ``#### ``, a final period) before comparing.
 A generation that never reaches a stop sequence is cut at the task's token limit and scored as it is.
 """
@@ -87,7 +87,7 @@ def generate_until(
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     mine = [idx for k, idx in enumerate(batches) if shard.owns(k)]
-    decode = _generate_batch if lm.supports_until else _generate_chunked
+    decode = _generate_batch if getattr(lm, "supports_until", False) else _generate_chunked
     for done, idx in enumerate(mine, 1):
         outs.update(decode(lm, tok, idx, prompts, stops, max_new, chunk))
         if progress is not None:
