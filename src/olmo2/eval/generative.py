@@ -5,9 +5,9 @@ A row whose text contains a stop sequence (or EOS) is finished and dropped from 
 batch does not decode 512 tokens for every row just because one row is long. Models that take a
 stop callback (``supports_until``, our ``Olmo2LM``) decode each batch in one KV-cached pass and check
 the texts as they grow; others generate in chunks of ``chunk`` new tokens, re-fed with the prompt.
-Extraction follows the OLMES GSM8K recipe: the number after the last "So the answer is", else the last number in the output; both sides are normalised with the task's
-``regexes_to_ignore`` (commas, ``$``, anything up to ``#### ``, a final period) before comparing.
-A generation that never reaches a stop sequence is cut at the task's token limit and scored as it is.
+Extraction follows the OLMES GSM8K recipe: the number after the last "So the answer is", else the
+last number in the output; both sides are normalised with the task's ``regexes_to_ignore`` (commas,
+``$``, anything up to ``#### ``, a final period) before comparing. A generation that never reaches a stop sequence is cut at the task's token limit and scored as it is.
 """
 
 from __future__ import annotations
