@@ -422,3 +422,22 @@ def test_init_from_a_released_style_hf_config_with_the_padded_vocabulary(make_tr
         train(
             load_train_config(make_train_config(), [*start, "model.d_model=32", f"run.folder={tmp_path}/x"])
         )
+
+
+def test_a_step_faster_than_the_cached_peak_raises_it(monkeypatch, tmp_path, capsys):
+    """A peak measured on a busy machine made the demo's SFT log 'mfu 112%'; a step that beats the
+    cached peak proves it low, so the peak becomes the step's rate (in the cache too)."""
+    from olmo2.train import runtime
+
+    monkeypatch.setenv("OLMO2_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(runtime, "measure_peak_flops", lambda device, dtype, size=2048, repeats=3: 1e9)
+    device = torch.device("cpu")
+    runtime.choose_precision.cache_clear()
+    try:
+        assert runtime.choose_precision("fp32", device) == (torch.float32, 1e9)
+        assert runtime.raise_measured_peak(device, 1e9, 3e9) == 3e9
+        ((_, entry),) = json.loads((tmp_path / "precision.json").read_text()).items()
+        assert entry["float32"] == 3e9
+        assert "was low: a step did 3.0" in capsys.readouterr().err
+    finally:
+        runtime.choose_precision.cache_clear()

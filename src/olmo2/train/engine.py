@@ -30,6 +30,7 @@ from torch import nn
 from olmo2.train.distributed import DistEnv, all_reduce_sum
 from olmo2.train.monitor import SpikeDetector, log
 from olmo2.train.optim import OptimConfig, build_optimizer
+from olmo2.train.runtime import raise_measured_peak
 from olmo2.train.schedule import ScheduleConfig, lr_factor
 
 
@@ -303,7 +304,12 @@ class Trainer:
             if flops is None and self.module.flops_per_token:
                 flops = self.module.flops_per_token * n_tokens
             if flops and self.module.peak_flops:
-                record["mfu"] = flops / elapsed / (self.module.peak_flops * self.env.world_size)
+                achieved = flops / elapsed / self.env.world_size
+                if achieved > self.module.peak_flops:
+                    self.module.peak_flops = raise_measured_peak(
+                        self.env.device, self.module.peak_flops, achieved
+                    )
+                record["mfu"] = achieved / self.module.peak_flops
 
     def _halted(self, skips: int, record: dict) -> TrainingHalted:
         if self.checkpointer is not None:

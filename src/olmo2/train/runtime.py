@@ -123,6 +123,30 @@ def choose_precision(requested: str, device: torch.device) -> tuple[torch.dtype,
     return result
 
 
+def raise_measured_peak(device: torch.device, peak: float, achieved: float) -> float:
+    """``achieved`` model FLOP/s in a training step proves the cached matmul peak ``peak`` was measured
+    low (on a busy machine, or at a shape slower than the model's): keep ``achieved`` as the peak, in
+    this machine's cache entry too, so that MFU stays a fraction. Returns the new peak."""
+    path = cache_dir() / PRECISION_CACHE
+    key = _machine_key(device)
+    entry = dict(_read_precision_cache(path).get(key, {}))
+    raised = [name for name, value in entry.items() if value == peak]
+    for name in raised:
+        entry[name] = achieved
+    if raised:
+        _write_precision_cache(path, key, entry)
+    if key not in _PEAK_RAISE_LOGGED:
+        _PEAK_RAISE_LOGGED.add(key)
+        log(
+            f"the measured matmul peak ({peak / 1e9:.1f} GFLOP/s{', kept in ' + str(path) if raised else ''}) "
+            f"was low: a step did {achieved / 1e9:.1f}; it is the peak now (MFU stays <= 100%)"
+        )
+    return achieved
+
+
+_PEAK_RAISE_LOGGED: set[str] = set()  # one line per process and machine key
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     """Autocast to ``dtype`` (weights stay fp32), or nothing for fp32."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
