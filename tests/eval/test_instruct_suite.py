@@ -166,7 +166,7 @@ def test_ifeval_scores_fixed_responses(ifeval_file):
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("{not json", "not a JSON object"),
+        ("{not json", "not valid JSON"),
         (
             json.dumps({"key": 3, "prompt": "x", "instruction_id_list": ["no:such_id"], "kwargs": [{}]}),
             "no:such_id",
@@ -251,7 +251,7 @@ def test_instruct_table_command(tmp_path, ifeval_file, capsys):
     bad.write_text('{"key": 1, "prompt": "x"\n')
     capsys.readouterr()
     assert main([*argv, "--ifeval-data", str(bad)]) == 4  # bad input: exit 4, before any scoring
-    assert "bad.jsonl:1: not a JSON object" in capsys.readouterr().err
+    assert "bad.jsonl:1: not valid JSON" in capsys.readouterr().err
 
 
 def _without_timing(x):

@@ -19,7 +19,7 @@ import json
 import re
 from pathlib import Path
 
-__all__ = ["AGIEVAL_TASKS", "LocalDataError", "read_agieval", "read_mmlu_pro"]
+__all__ = ["AGIEVAL_TASKS", "LocalDataError", "read_agieval", "read_jsonl_objects", "read_mmlu_pro"]
 
 AGIEVAL_TASKS = (
     "aqua-rat",
@@ -39,23 +39,30 @@ class LocalDataError(ValueError):
     """A local task file that is missing or does not have the documented fields."""
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def read_jsonl_objects(
+    path: Path, error: type[ValueError] = LocalDataError, what: str = "questions"
+) -> list[tuple[int, dict]]:
+    """``(line number, object)`` of each non-blank line of a local JSONL copy; ``error`` names the
+    file and line of anything else (a missing file, bad JSON, a non-object, an empty file)."""
     if not path.is_file():
-        raise LocalDataError(f"{path}: file not found (see docs/eval.md for the expected folder layout)")
+        raise error(f"{path}: file not found (see docs/eval.md for the expected folder layout)")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LocalDataError(f"{path}:{line_no}: not valid JSON: {e}") from None
-            if not isinstance(row, dict):
-                raise LocalDataError(f"{path}:{line_no}: expected a JSON object")
-            rows.append((line_no, row))
+    try:
+        with path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise error(f"{path}:{line_no}: not valid JSON: {e}") from None
+                if not isinstance(row, dict):
+                    raise error(f"{path}:{line_no}: expected a JSON object")
+                rows.append((line_no, row))
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read it: {e}") from None
     if not rows:
-        raise LocalDataError(f"{path}: no questions")
+        raise error(f"{path}: no {what}")
     return rows
 
 
@@ -76,7 +83,7 @@ def _options(row: dict, where: str) -> list[str]:
 
 def _mmlu_pro_split(path: Path) -> list[dict]:
     rows = []
-    for line_no, row in _read_jsonl(path):
+    for line_no, row in read_jsonl_objects(path):
         where = f"{path}:{line_no}"
         options = _options(row, where)
         answer = _field(row, "answer_index", int, where)
@@ -106,7 +113,7 @@ def read_agieval(folder: str | Path) -> dict[str, list[dict]]:
     for task in AGIEVAL_TASKS:
         path = folder / f"{task}.jsonl"
         rows = []
-        for line_no, row in _read_jsonl(path):
+        for line_no, row in read_jsonl_objects(path):
             where = f"{path}:{line_no}"
             options = [_OPTION_LETTER.sub("", o, count=1) for o in _options(row, where)]
             label = _field(row, "label", str, where).strip()

@@ -23,7 +23,6 @@ turn itself. A model that never stops is cut at the task's token limit and score
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from olmo2.chat import render
 from olmo2.eval.generative import extract_answer, generate_until, normalize_answer
+from olmo2.eval.heldout import read_jsonl_objects
 from olmo2.eval.lm import EvalLM, TextTokenizer
 from olmo2.eval.shard import WHOLE, Shard
 from olmo2.eval.tasks import LETTERS, MMLU_DIR, EvalDataError, data_root, load_task, read_arrow
@@ -269,23 +269,11 @@ def load_ifeval(path: str | Path, limit: int | None = None) -> list[ChatDoc]:
     ``kwargs``); every instruction is checked against the registry at load time, so a file that could
     never be scored fails here, naming its line."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise IFEvalDataError(f"{path}: cannot read the IFEval prompts: {e}") from e
     docs: list[ChatDoc] = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for lineno, row in read_jsonl_objects(path, IFEvalDataError, "IFEval prompts"):
         if limit is not None and len(docs) >= limit:
             break
         where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise IFEvalDataError(f"{where}: not a JSON object: {e}") from None
-        if not isinstance(row, dict):
-            raise IFEvalDataError(f"{where}: not a JSON object")
         missing = [k for k in ("key", "prompt", "instruction_id_list", "kwargs") if k not in row]
         if missing:
             raise IFEvalDataError(f"{where}: missing {', '.join(missing)}")
@@ -310,8 +298,6 @@ def load_ifeval(path: str | Path, limit: int | None = None) -> list[ChatDoc]:
         docs.append(
             ChatDoc(len(docs), [{"role": "user", "content": prompt}], gold, (USER_TURN,), MAX_NEW["ifeval"])
         )
-    if not docs:
-        raise IFEvalDataError(f"{path}: no IFEval prompts")
     return docs
 
 
